@@ -1,0 +1,8 @@
+"""Exceptions raised by gloss_core. They carry no Ray or Optuna types: the trainables map them."""
+
+
+class NonFiniteEmbeddingsError(ValueError):
+    """Raised when a loss receives NaN or inf embeddings, before any graph is built or solved.
+
+    A sweep records the trial as failed with this reason instead of training on garbage.
+    """

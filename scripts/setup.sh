@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: creates .venv/ in the repo root and installs the
+# project with its test extras. torch is installed first as the CPU wheel (torch==2.13.0)
+# so that no multi-GB CUDA build is pulled; set GLOSS_TORCH_SPEC to choose another.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+stamp=.venv/.gloss-installed
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+$PIP install -q --upgrade pip
+$PIP install -q "${GLOSS_TORCH_SPEC:-torch==2.13.0}"
+$PIP install -q -e ".[dev]"
+echo "$want" > "$stamp"
