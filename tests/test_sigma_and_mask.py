@@ -97,3 +97,22 @@ def test_stratified_mask_keeps_the_count_when_there_is_room():
     assert int(mask.sum()) == 20
     with pytest.raises(ValueError, match="gamma"):
         sample_labeled_mask(labels, -0.1)
+
+
+@pytest.mark.slow
+def test_sqrt_rule_streams_20000_embeddings_in_bounded_memory():
+    """N = 20,000: the full float64 distance matrix alone would take 3.2 GB; the chunked rule must not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, torch\n"
+        "from gloss_core.sigma import sqrt_rule_sigma\n"
+        "emb = torch.randn(20000, 32, generator=torch.Generator().manual_seed(0))\n"
+        "s = sqrt_rule_sigma(emb)\n"
+        "print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    sigma, peak_kib = float(out[0]), int(out[1])
+    assert 0.5 < sigma < 0.9  # random directions in 32-d: distances concentrate near sqrt(2)
+    assert peak_kib < 2_000_000, f"peak RSS {peak_kib / 1e6:.2f} GB"

