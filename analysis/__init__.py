@@ -1,0 +1,1 @@
+"""MLflow runs to paper tables, significance tests and plots (issue: analysis)."""

@@ -1,0 +1,1 @@
+"""Ray Tune trainables wrapping gloss_core.train (issue: sweep service)."""
