@@ -32,6 +32,7 @@ def train(
     temperature: float = typer.Option(0.1, help="SCL temperature"),
     lr: float = typer.Option(5e-5),
     epochs: int = typer.Option(2),
+    patience: Optional[int] = typer.Option(None, help="early-stopping patience on val macro-F1 (epochs)"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(128),
     class_weights: str = typer.Option("none", help="none | balanced"),
@@ -45,7 +46,7 @@ def train(
     try:
         config = TrainConfig(
             data=data, limit=limit, model=model, pooling=pooling, loss=loss, lam=lam, gamma=gamma,
-            sigma=_sigma(sigma), temperature=temperature, lr=lr, epochs=epochs, batch_size=batch_size,
+            sigma=_sigma(sigma), temperature=temperature, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
             max_length=max_length, class_weights=class_weights, seed=seed, device=device,
         )
     except ValueError as err:

@@ -71,6 +71,8 @@ def gaussian_affinity(embeddings: torch.Tensor, sigma: Sigma, *, rescale: bool =
             weight 1. The transition matrix is invariant to a global scale of W, and the rescaling
             keeps small sigmas from underflowing every weight to zero.
     """
+    if isinstance(sigma, (int, float)) and not (0 < sigma < float("inf")):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     with float64_graph_context(embeddings.device):
         d2 = squared_distances(unit_rows(embeddings))
         n = d2.shape[0]

@@ -40,6 +40,7 @@ class TrainConfig:
     temperature: float = 0.1
     lr: float = 5e-5
     epochs: int = 2
+    patience: int | None = None  # stop after this many epochs without a better val macro-F1
     batch_size: int = 32
     max_length: int = 128
     grad_clip: float = 1.0
@@ -159,6 +160,8 @@ def train(config: TrainConfig, report: Callable[[dict], None] | None = None) -> 
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if report is not None:
             report(metrics)
+        if config.patience is not None and epoch - best["best_epoch"] >= config.patience:
+            break
     model.load_state_dict(best_state)
     test = evaluate(model, test_batches, device)
     return {

@@ -262,3 +262,21 @@ def test_module_with_batch_sigma_and_weights():
     assert loss_fn.get_config_dict()["sigma"] == "BatchSqrtSigma"
     with pytest.raises(ValueError, match="gamma"):
         GLoss(4, gamma=1.5)
+
+
+def test_mask_generator_state_is_checkpointed():
+    emb, labels, _ = make_batch(n=32, d=8, num_classes=4, seed=0)
+    loss_fn = GLoss(4, gamma=0.6, seed=5)
+    loss_fn(emb, labels)  # advance the generator
+    state = loss_fn.state_dict()
+    expected = [loss_fn(emb, labels).item() for _ in range(3)]
+    resumed = GLoss(4, gamma=0.6, seed=999)
+    resumed.load_state_dict(state)
+    assert [resumed(emb, labels).item() for _ in range(3)] == expected
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan"), float("inf")])
+def test_invalid_sigma_is_named(sigma):
+    emb, labels, labeled = make_batch(n=8)
+    with pytest.raises(ValueError, match="sigma must be a positive finite number"):
+        g_loss(emb, labels, labeled, sigma, 3)

@@ -118,3 +118,10 @@ def test_minilm_on_mr_beats_the_majority_class():
     result = train(config)
     majority_macro_f1 = result["majority_val_accuracy"] / 2  # one class predicted: F1 of the other is 0
     assert result["val_macro_f1"] > max(0.6, majority_macro_f1 + 0.2), result
+
+
+def test_early_stopping_patience(tiny_model_dir):
+    # lr = 0: validation never improves after epoch 1, so patience 2 stops after epoch 3
+    result = train(TrainConfig(model=tiny_model_dir, loss="ce", epochs=10, patience=2, lr=0.0, batch_size=64))
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert result["best_epoch"] == 1

@@ -150,6 +150,13 @@ class GLoss(nn.Module):
             formulation=self.formulation,
         )
 
+    def get_extra_state(self) -> dict:
+        """The mask generator's state travels in `state_dict()`, so a resumed run draws the same masks."""
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def get_config_dict(self) -> dict:
         sigma = self.sigma.value if isinstance(self.sigma, FixedSigma) else type(self.sigma).__name__
         return {
