@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from gloss_core.graph import unit_rows
+from gloss_core.graph import squared_distances, unit_rows
 
 # Distances between unit vectors lie in [0, 2]; the first pass of the exact median histograms them.
 _HISTOGRAM_BINS = 1 << 16
@@ -59,8 +59,7 @@ class BatchSqrtSigma:
 
     def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            unit = unit_rows(embeddings.detach())
-            d = (2.0 - 2.0 * unit @ unit.T).clamp_min(0.0).sqrt()
+            d = squared_distances(unit_rows(embeddings.detach())).sqrt()
             if self.include_diagonal:
                 values = d.flatten()
             else:

@@ -18,6 +18,8 @@ pip_install() { .venv/bin/python -m pip install --progress-bar off "$@" >>"$log"
 : >"$log"
 echo "installing into .venv (log: $log) ..."
 pip_install --upgrade pip
-pip_install "${GLOSS_TORCH_SPEC:-torch==2.13.0}"
+# unquoted on purpose: GLOSS_TORCH_SPEC may carry pip options, e.g. "torch --index-url URL"
+# shellcheck disable=SC2086
+pip_install ${GLOSS_TORCH_SPEC:-torch==2.13.0}
 pip_install -e ".[dev]"
 echo "$want" >"$stamp"
