@@ -1,72 +1,128 @@
-"""`gloss train`: one training run from the shell, with a summary table and optional JSON output."""
+"""`gloss train`: one training run from the shell.
+
+Every `TrainConfig` field is an option (`--sigma sqrt`, `--protocol standalone`, ...), plus
+`--output metrics.json`, `--checkpoint-dir DIR` (the latest epoch's checkpoint is kept there) and
+`--resume DIR`. A progress bar follows the epochs; a summary table ends the run.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import shutil
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from gloss_core.config import TrainConfig
 
 console = Console()
 
+HELP = {
+    "data": "'synthetic', a CSV folder (train/val/test.csv) or 'hf:NAME[:CONFIG]'",
+    "limit": "rows per split (seeded subset)",
+    "model": "'minilm' (bundled, offline), a Hub name or a local folder",
+    "protocol": "integrated (CE + aux, head) | standalone (aux alone, then a linear probe)",
+    "loss": "integrated: ce | gloss | scl; standalone: gloss | scl | triplet | cosine",
+    "sigma": "G-Loss kernel width: a number, 'sqrt', 'batch_sqrt' or 'dicm'",
+    "gamma": "G-Loss: fraction of the batch that keeps its label",
+    "lam": "integrated: weight of the auxiliary loss",
+    "patience": "early-stopping patience in epochs",
+    "device": "auto | cpu | cuda | cuda:N",
+    "precision": "auto (bf16 autocast on CUDA) | fp32 | bf16",
+}
 
-def _sigma(value: str) -> float | str:
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _annotation(type_text: str):
+    parts = [p.strip() for p in type_text.split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    base = _TYPES[parts[0]] if len(parts) == 1 else str  # "float | str" is parsed after
+    return Optional[base] if optional else base
+
+
+def _parse_sigma(value):
     try:
         return float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         return value
 
 
+def _summary(result: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    keys = ["best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "val_macro_silhouette", "test_accuracy",
+            "test_macro_f1", "test_macro_silhouette", "test_micro_silhouette", "sigma", "time_per_epoch_s",
+            "total_time_s", "majority_val_accuracy"]
+    for key in keys:
+        if result.get(key) is not None:
+            value = result[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    for phase, seconds in result.get("timing_per_epoch_s", {}).items():
+        table.add_row(f"time/epoch: {phase}", f"{seconds:.3f} s")
+    return table
+
+
 def train(
-    data: str = typer.Option("synthetic", help="'synthetic' or a CSV folder with train/val/test.csv"),
-    limit: Optional[int] = typer.Option(None, help="rows per split (seeded subset)"),
-    model: str = typer.Option("minilm", help="'minilm' (bundled), a Hub name or a local folder"),
-    pooling: str = typer.Option("cls", help="cls | mean"),
-    loss: str = typer.Option("gloss", help="ce | gloss | scl (integrated with CE)"),
-    lam: float = typer.Option(0.9, help="weight of the auxiliary loss"),
-    gamma: float = typer.Option(0.7, help="G-Loss: fraction of the batch that keeps its label"),
-    sigma: str = typer.Option("1.0", help="G-Loss: a number, 'sqrt', 'batch_sqrt' or 'dicm'"),
-    temperature: float = typer.Option(0.1, help="SCL temperature"),
-    lr: float = typer.Option(5e-5),
-    epochs: int = typer.Option(2),
-    patience: Optional[int] = typer.Option(None, help="early-stopping patience on val macro-F1 (epochs)"),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(128),
-    class_weights: str = typer.Option("none", help="none | balanced"),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     output: Optional[Path] = typer.Option(None, help="write the metrics as JSON here"),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="keep the latest checkpoint in this folder"),
+    resume: Optional[Path] = typer.Option(None, help="resume from a checkpoint folder"),
+    **options,
 ):
     """Fine-tune one encoder and report validation and test metrics."""
-    from gloss_core.train import TrainConfig, train as run
+    from gloss_core.train import train as run
 
+    if "sigma" in options:
+        options["sigma"] = _parse_sigma(options["sigma"])
     try:
-        config = TrainConfig(
-            data=data, limit=limit, model=model, pooling=pooling, loss=loss, lam=lam, gamma=gamma,
-            sigma=_sigma(sigma), temperature=temperature, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-            max_length=max_length, class_weights=class_weights, seed=seed, device=device,
-        )
+        config = TrainConfig(**options)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
 
-    def report(metrics: dict) -> None:
-        console.print(
-            f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f}  "
-            f"val macro-F1 {metrics['val_macro_f1']:.4f}  ({metrics['epoch_time_s']:.1f} s)"
-        )
+    with Progress(TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as progress:
+        task = progress.add_task("", total=config.epochs)
 
-    result = run(config, report=report)
-    table = Table(title=f"{loss} on {data} with {model}")
-    for column in ("metric", "value"):
-        table.add_column(column)
-    for key in ("best_epoch", "val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1",
-                "majority_val_accuracy", "total_time_s"):
-        value = result[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+        def report(metrics: dict, folder: str | None) -> None:
+            if folder is not None and checkpoint_dir is not None:
+                shutil.copytree(folder, checkpoint_dir, dirs_exist_ok=True)
+            selected = "val_macro_silhouette" if config.protocol == "standalone" else "val_macro_f1"
+            line = (f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f}  "
+                    f"{selected} {metrics[selected]:.4f}  ({metrics['epoch_time_s']:.1f} s)")
+            progress.console.print(line)
+            progress.update(task, completed=metrics["epoch"], description=line)
+
+        try:
+            result = run(config, report=report, resume_from=str(resume) if resume else None)
+        except (ValueError, FileNotFoundError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from err
+    console.print(_summary(result, f"{config.protocol} {config.loss} on {Path(config.data).name} with {Path(config.model).name}"))
     if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))
         console.print(f"metrics written to {output}")
+
+
+def _config_parameters() -> list[inspect.Parameter]:
+    params = []
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else None
+        option = typer.Option(default, help=HELP.get(f.name))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=_annotation(str(f.type))))
+    return params
+
+
+_own = [p for p in inspect.signature(train).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+train.__signature__ = inspect.Signature(
+    [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _own] + _config_parameters()
+)

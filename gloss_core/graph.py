@@ -124,6 +124,8 @@ def propagate_labels(
     labeled: torch.Tensor,
     sigma: Sigma,
     num_classes: int,
+    *,
+    timer=None,
 ) -> torch.Tensor:
     """Closed-form label propagation `F_U = (I - T_UU)^{-1} T_UL Y_L` (Zhu et al. 2003).
 
@@ -134,6 +136,7 @@ def propagate_labels(
         labeled: `[n]` bool mask, True for the nodes that keep their label (the set L).
         sigma: Gaussian kernel width (float or 0-d tensor, not differentiated).
         num_classes: number of classes C.
+        timer: optional `gloss_core.timing.PhaseTimer`; times the "graph" and "propagation" phases.
 
     Returns:
         `[n_hidden, C]` float64 tensor: the propagated label distribution of the hidden nodes
@@ -157,15 +160,22 @@ def propagate_labels(
     labeled = labeled.to(embeddings.device)
     check_labels(labels, labeled, n, num_classes)
     hidden = ~labeled
+    timer = timer or _no_timer
     with float64_graph_context(embeddings.device):
-        P = (1.0 - LEAK) * transition_matrix(gaussian_affinity(embeddings, sigma, rescale=True))
-        P_hidden = P[hidden]
-        P_uu, P_ul = P_hidden[:, hidden], P_hidden[:, labeled]
-        Y_l = torch.nn.functional.one_hot(labels[labeled], num_classes).to(torch.float64)
-        absorbed = (1.0 - P_uu.sum(dim=1) - P_ul.sum(dim=1)).clamp_min(0.0)
-        rhs = P_ul @ Y_l + absorbed[:, None] / num_classes
-        system = torch.eye(P_uu.shape[0], dtype=torch.float64, device=P.device) - P_uu
-        F_u = torch.linalg.solve(system, rhs)
-        # Rows sum to 1 exactly in exact arithmetic; dividing by the computed sum removes the
-        # rounding that a nearly singular block (a component with no label) leaves along them.
-        return F_u / F_u.sum(dim=1, keepdim=True)
+        with timer("graph"):
+            P = (1.0 - LEAK) * transition_matrix(gaussian_affinity(embeddings, sigma, rescale=True))
+        with timer("propagation"):
+            P_hidden = P[hidden]
+            P_uu, P_ul = P_hidden[:, hidden], P_hidden[:, labeled]
+            Y_l = torch.nn.functional.one_hot(labels[labeled], num_classes).to(torch.float64)
+            absorbed = (1.0 - P_uu.sum(dim=1) - P_ul.sum(dim=1)).clamp_min(0.0)
+            rhs = P_ul @ Y_l + absorbed[:, None] / num_classes
+            system = torch.eye(P_uu.shape[0], dtype=torch.float64, device=P.device) - P_uu
+            F_u = torch.linalg.solve(system, rhs)
+            # Rows sum to 1 exactly in exact arithmetic; dividing by the computed sum removes the
+            # rounding that a nearly singular block (a component with no label) leaves along them.
+            return F_u / F_u.sum(dim=1, keepdim=True)
+
+
+def _no_timer(phase: str):
+    return contextlib.nullcontext()

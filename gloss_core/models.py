@@ -53,7 +53,7 @@ def tiny_bert(vocab_size: int = 30522, hidden: int = 32, layers: int = 2, heads:
         intermediate_size=2 * hidden,
         max_position_embeddings=512,
     )
-    return BertModel(config, add_pooling_layer=False)
+    return BertModel(config)
 
 
 class TextClassifier(nn.Module):

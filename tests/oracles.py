@@ -144,3 +144,25 @@ def dicm(e, labels):
             if labels[i] != labels[j]:
                 best = min(best, math.sqrt(sum((u[i] - u[j]) ** 2)))
     return best / 3
+
+
+def silhouettes(e, labels):
+    """Macro (mean of class means) and micro silhouette on L2-normalised rows, with loops."""
+    u = unit(e)
+    n = len(u)
+    s = []
+    for i in range(n):
+        same = [j for j in range(n) if j != i and labels[j] == labels[i]]
+        if not same:
+            s.append(0.0)  # sklearn's convention for a singleton class
+            continue
+        a = sum(math.sqrt(sum((u[i] - u[j]) ** 2)) for j in same) / len(same)
+        b = min(
+            sum(math.sqrt(sum((u[i] - u[j]) ** 2)) for j in range(n) if labels[j] == c)
+            / sum(1 for j in range(n) if labels[j] == c)
+            for c in set(labels) if c != labels[i]
+        )
+        s.append((b - a) / max(a, b))
+    classes = sorted(set(labels))
+    means = [np.mean([s[i] for i in range(n) if labels[i] == c]) for c in classes if labels.count(c) >= 2]
+    return float(np.mean(means)), float(np.mean(s))

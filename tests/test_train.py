@@ -1,6 +1,7 @@
 """The single training run behind `gloss train`: tiny local encoders, data errors, and one real MiniLM run."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,34 +70,6 @@ def test_cli_train_writes_metrics(tiny_model_dir, tmp_path):
     assert bad.exit_code != 0 and "focal" in bad.output
 
 
-def _write(folder: Path, name: str, text: str):
-    (folder / f"{name}.csv").write_text(text, encoding="utf-8")
-
-
-def test_csv_errors_name_file_row_and_column(tmp_path):
-    good = "text,label\na,0\nb,1\n"
-    for name in ("train", "val", "test"):
-        _write(tmp_path, name, good)
-    assert load_csv_splits(tmp_path).num_classes == 2
-    _write(tmp_path, "val", "text,label\na,0\nc,7\n")
-    with pytest.raises(DataError, match=r"val\.csv, column 'label': label\(s\) \['7'\] absent from train"):
-        load_csv_splits(tmp_path)
-    _write(tmp_path, "val", good)
-    _write(tmp_path, "test", "txt,label\na,0\n")
-    with pytest.raises(DataError, match=r"test\.csv: missing column\(s\) \['text'\]"):
-        load_csv_splits(tmp_path)
-    _write(tmp_path, "test", "text,label\na,0\n ,1\n")
-    with pytest.raises(DataError, match=r"test\.csv, row 3, column 'text': empty text"):
-        load_csv_splits(tmp_path)
-    _write(tmp_path, "test", good)
-    _write(tmp_path, "train", "text,label\na,0\nb,0\n")
-    with pytest.raises(DataError, match="single class"):
-        load_csv_splits(tmp_path)
-    (tmp_path / "train.csv").unlink()
-    with pytest.raises(DataError, match=r"train\.csv: file not found"):
-        load_csv_splits(tmp_path)
-
-
 def test_synthetic_corpus_is_deterministic():
     a, b = synthetic_splits(num_classes=3, seed=4), synthetic_splits(num_classes=3, seed=4)
     assert a.train.texts == b.train.texts and torch.equal(a.train.labels, b.train.labels)
@@ -125,3 +98,166 @@ def test_early_stopping_patience(tiny_model_dir):
     result = train(TrainConfig(model=tiny_model_dir, loss="ce", epochs=10, patience=2, lr=0.0, batch_size=64))
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
     assert result["best_epoch"] == 1
+
+
+def _same_run(a: dict, b: dict):
+    for key in ("best_epoch", "epochs_run", "val_macro_f1", "val_accuracy", "test_macro_f1", "test_accuracy",
+                "test_macro_silhouette", "test_micro_silhouette"):
+        assert a.get(key) == b.get(key), key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert [h.get("val_macro_f1") for h in a["history"]] == [h.get("val_macro_f1") for h in b["history"]]
+
+
+@pytest.mark.parametrize("loss,protocol", [("gloss", "integrated"), ("gloss", "standalone")])
+def test_resume_from_checkpoint_ends_with_the_same_metrics(tiny_model_dir, tmp_path, loss, protocol):
+    config = TrainConfig(model=tiny_model_dir, loss=loss, protocol=protocol, epochs=3, batch_size=16, lr=1e-3,
+                         sigma="sqrt", scheduler="linear", warmup_ratio=0.2, probe_epochs=5)
+    saved = {}
+
+    def keep_epoch_2(metrics, folder):
+        assert folder is not None
+        if metrics["epoch"] == 2:
+            shutil.copytree(folder, tmp_path / "ckpt")
+            saved["metrics"] = metrics
+
+    full = train(config, report=keep_epoch_2)
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "loss", "rng", "epoch", "best", "best_state", "sigma_value"} <= set(state)
+    assert state["epoch"] == 2
+    resumed_epochs = []
+    resumed = train(config, report=lambda m, f: resumed_epochs.append(m["epoch"]), resume_from=str(tmp_path / "ckpt"))
+    assert resumed_epochs == [3]
+    _same_run(full, resumed)
+    assert resumed["sigma"] == full["sigma"]
+
+
+def test_best_epoch_weights_are_restored_for_test(tiny_model_dir, tmp_path):
+    config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=4, batch_size=16, lr=3e-3, seed=1)
+    states = {}
+    result = train(config, report=lambda m, f: states.update({m["epoch"]: torch.load(Path(f) / "state.pt", weights_only=True)}))
+    assert result["best_epoch"] < result["epochs_run"], "precondition: the best epoch is not the last one"
+    tokenizer = load_tokenizer(tiny_model_dir)
+    from gloss_core.batching import Batches
+    from gloss_core.components import load_splits
+    from gloss_core.metrics import classification_metrics
+
+    splits = load_splits(config)
+    test = Batches(splits.test, tokenizer, 16)
+
+    def test_f1(weights):
+        model = TextClassifier.from_pretrained(tiny_model_dir, splits.num_classes)
+        model.load_state_dict(weights)
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(**inputs)[0] for inputs, _ in test])
+        return classification_metrics(logits, splits.test.labels)["macro_f1"]
+
+    last = states[result["epochs_run"]]
+    assert test_f1(last["best_state"]) == pytest.approx(result["test_macro_f1"], abs=1e-12)
+    assert torch.equal(last["best_state"]["head.weight"], states[result["best_epoch"]]["model"]["head.weight"])
+    assert not torch.equal(last["model"]["head.weight"], last["best_state"]["head.weight"])
+
+
+@pytest.mark.parametrize("loss", ["gloss", "scl", "triplet", "cosine"])
+def test_standalone_protocol_trains_encoder_then_a_linear_probe(tiny_model_dir, loss):
+    result = train(TrainConfig(model=tiny_model_dir, protocol="standalone", loss=loss, epochs=2, batch_size=16,
+                               lr=1e-3, probe_epochs=30, probe_patience=5))
+    assert 1 <= result["best_epoch"] <= 2
+    for key in ("val_macro_silhouette", "val_micro_silhouette", "test_macro_silhouette", "probe_best_epoch",
+                "val_macro_f1", "test_macro_f1", "test_accuracy"):
+        assert key in result, key
+    assert result["best_epoch"] == max(result["history"], key=lambda h: h["val_macro_silhouette"])["epoch"]
+    assert result["test_accuracy"] > 0.8  # the synthetic topics are easy to separate
+    assert result["val_macro_f1"] == pytest.approx(result["probe_val_macro_f1"])  # standardisation folded in
+
+
+def test_timing_breakdown_and_artifacts(tiny_model_dir, tmp_path):
+    result = train(TrainConfig(model=tiny_model_dir, loss="gloss", epochs=2, batch_size=16, artifacts_dir=str(tmp_path)))
+    phases = result["timing_per_epoch_s"]
+    assert set(phases) >= {"data", "forward", "graph", "propagation", "loss", "backward", "optimizer"}
+    assert phases["graph"] > 0 and phases["propagation"] > 0 and phases["forward"] > 0
+    assert sum(phases.values()) <= result["time_per_epoch_s"] * 1.01
+    W1, W2 = np.load(tmp_path / "adjacency_epoch001.npy"), np.load(tmp_path / "adjacency_epoch002.npy")
+    assert W1.shape == (64, 64) and np.allclose(np.diag(W1), 0) and not np.array_equal(W1, W2)
+    emb = np.load(tmp_path / "test_embeddings.npy")
+    assert emb.shape == (len(np.load(tmp_path / "test_labels.npy")), 32)
+
+
+def test_hf_source_through_the_config(tiny_model_dir, tmp_path):
+    for name in ("train", "val", "test"):
+        (tmp_path / f"{name}.csv").write_text("sentence,label\n" + "".join(
+            f"{w} film {i},{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "poor"] * 4)))
+    result = train(TrainConfig(model=tiny_model_dir, data=f"hf:{tmp_path}", hf_splits="train,validation,test",
+                               text_column="sentence", loss="ce", epochs=1, batch_size=8))
+    assert 0.0 <= result["test_macro_f1"] <= 1.0
+
+
+def test_silhouettes_match_oracle():
+    import oracles
+    from gloss_core.metrics import silhouettes
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0] * 12 + [1] * 10 + [2] * 7 + [3])  # class 3 is a singleton, skipped in macro
+    got = silhouettes(emb, labels)
+    macro, micro = oracles.silhouettes(emb.numpy(), labels.tolist())
+    assert got["macro_silhouette"] == pytest.approx(macro, rel=1e-10)
+    assert got["micro_silhouette"] == pytest.approx(micro, rel=1e-10)
+    assert np.isnan(silhouettes(emb, torch.zeros(30, dtype=torch.long))["macro_silhouette"])
+
+
+def test_schedules():
+    from gloss_core.components import make_scheduler
+
+    def lrs(**kw):
+        config = TrainConfig(epochs=4, lr=1.0, **kw)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make_scheduler(config, opt, steps_per_epoch=10)
+        out = []
+        for _ in range(40):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert set(lrs()) == {1.0}
+    multistep = lrs(scheduler="multistep", lr_milestone=2, lr_decay=0.1)
+    assert multistep[19] == 1.0 and multistep[20] == pytest.approx(0.1)
+    linear = lrs(scheduler="linear", warmup_ratio=0.25)
+    assert linear[0] == pytest.approx(0.1) and linear[9] == pytest.approx(1.0) and linear[39] == pytest.approx(1 / 30)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="loss 'triplet' is not a integrated loss"):
+        TrainConfig(loss="triplet")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        TrainConfig(protocol="joint")
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"lr": 1e-3, "learning_rate": 1})
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_cli_checkpoint_dir_and_resume(tiny_model_dir, tmp_path):
+    args = ["train", "--model", tiny_model_dir, "--epochs", "2", "--batch-size", "16", "--loss", "scl"]
+    first = CliRunner().invoke(app, args + ["--checkpoint-dir", str(tmp_path / "ck"), "--output", str(tmp_path / "a.json")])
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "ck" / "state.pt").is_file()
+    again = CliRunner().invoke(app, args + ["--epochs", "3", "--resume", str(tmp_path / "ck"), "--output", str(tmp_path / "b.json")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "b.json").read_text())["epochs_run"] == 3
+    missing = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nowhere"), "--model", tiny_model_dir])
+    assert missing.exit_code == 2 and "data folder not found" in missing.output
+
+
+def test_linear_probe_separates_nearly_constant_features():
+    from gloss_core.probe import train_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    # a huge shared offset and a class signal in the fourth decimal: raw Adam steps would not see it
+    emb = 5.0 + 1e-4 * (labels[:, None].float() * 2 - 1) + 2e-5 * torch.randn(200, 8, generator=g)
+    head, info = train_linear_probe(emb[:150], labels[:150], emb[150:], labels[150:], 2, seed=0)
+    with torch.no_grad():
+        accuracy = (head(emb[150:]).argmax(dim=1) == labels[150:]).float().mean().item()
+    assert accuracy > 0.95 and info["probe_val_macro_f1"] > 0.95

@@ -37,6 +37,7 @@ def g_loss(
     class_weights: torch.Tensor | None = None,
     *,
     formulation: Formulation = "paper",
+    timer=None,
 ) -> torch.Tensor:
     """G-Loss on one batch: the NLL of the true labels of the hidden nodes under label propagation.
 
@@ -53,6 +54,7 @@ def g_loss(
         formulation: "paper" (default) is eq. (1). "reference" reproduces the reference code:
             `cross_entropy(F_U, y_U, weight=w) / |U|`, i.e. the probabilities F_U used as logits
             and the mean divided by |U| a second time. Only for comparisons with the reference.
+        timer: optional `gloss_core.timing.PhaseTimer` for the graph / propagation phases.
 
     Returns:
         A scalar in the embeddings' dtype (at least float32). 0, still attached to the graph,
@@ -73,7 +75,7 @@ def g_loss(
     """
     if formulation not in ("paper", "reference"):
         raise ValueError(f"formulation must be 'paper' or 'reference', got {formulation!r}")
-    F_u = propagate_labels(embeddings, labels, labeled, sigma, num_classes)
+    F_u = propagate_labels(embeddings, labels, labeled, sigma, num_classes, timer=timer)
     labeled = labeled.to(embeddings.device)
     n_hidden = F_u.shape[0]
     if n_hidden == 0 or n_hidden == labeled.shape[0]:
@@ -136,6 +138,7 @@ class GLoss(nn.Module):
         self.formulation = formulation
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self.timer = None  # a PhaseTimer, set by the training loop to time graph and propagation
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -148,6 +151,7 @@ class GLoss(nn.Module):
             self.num_classes,
             self.class_weights,
             formulation=self.formulation,
+            timer=self.timer,
         )
 
     def get_extra_state(self) -> dict:

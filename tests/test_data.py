@@ -1,0 +1,131 @@
+"""Data sources, label maps, bad input, tokenisation cache and length-grouped batches."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gloss_core.batching import Batches, cache_dir
+from gloss_core.data import DataError, load_csv_splits, load_hf_splits
+from gloss_core.models import load_tokenizer
+
+
+def _write(folder: Path, name: str, text: str, encoding="utf-8"):
+    (folder / f"{name}.csv").write_bytes(text.encode(encoding) if isinstance(text, str) else text)
+
+
+def _folder(tmp_path, train="text,label\na,0\nb,1\n", val=None, test=None):
+    for name, text in (("train", train), ("val", val or train), ("test", test or train)):
+        _write(tmp_path, name, text)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("minilm")
+
+
+def test_csv_errors_name_file_row_and_column(tmp_path):
+    good = "text,label\na,0\nb,1\n"
+    _folder(tmp_path, good)
+    assert load_csv_splits(tmp_path).num_classes == 2
+    _write(tmp_path, "val", "text,label\na,0\nc,7\n")
+    with pytest.raises(DataError, match=r"val\.csv, column 'label': label\(s\) \['7'\] absent from train"):
+        load_csv_splits(tmp_path)
+    _write(tmp_path, "val", good)
+    _write(tmp_path, "test", "txt,label\na,0\n")
+    with pytest.raises(DataError, match=r"test\.csv: missing column\(s\) \['text'\]"):
+        load_csv_splits(tmp_path)
+    _write(tmp_path, "test", "text,label\na,0\n ,1\n")
+    with pytest.raises(DataError, match=r"test\.csv, row 3, column 'text': empty text"):
+        load_csv_splits(tmp_path, empty_text="error")
+    dropped = load_csv_splits(tmp_path)  # default: drop, with a count
+    assert dropped.test.texts == ["a"] and dropped.test.dropped_empty == 1
+    assert any("test.csv: dropped 1 rows with empty text" in note for note in dropped.notes)
+    _write(tmp_path, "test", "text,label\n,0\n")
+    with pytest.raises(DataError, match=r"test\.csv: the split is empty after dropping 1 empty rows"):
+        load_csv_splits(tmp_path)
+    _write(tmp_path, "test", "text,label\na,\n")
+    with pytest.raises(DataError, match=r"test\.csv, row 2, column 'label': empty label"):
+        load_csv_splits(tmp_path)
+    _write(tmp_path, "test", good)
+    _write(tmp_path, "train", "text,label\na,0\nb,0\n")
+    with pytest.raises(DataError, match="single class"):
+        load_csv_splits(tmp_path)
+    _write(tmp_path, "train", b"text,label\na,0\nb\xff\xfe,1\n")
+    with pytest.raises(DataError, match=r"train\.csv, line 3: undecodable bytes"):
+        load_csv_splits(tmp_path)
+    (tmp_path / "train.csv").unlink()
+    with pytest.raises(DataError, match=r"train\.csv: file not found"):
+        load_csv_splits(tmp_path)
+    with pytest.raises(DataError, match="data folder not found"):
+        load_csv_splits(tmp_path / "nope")
+
+
+def test_string_labels_share_one_map(tmp_path):
+    _folder(tmp_path, "text,label\na,pos\nb,neg\nc,neu\n", val="text,label\nd,neu\n", test="text,label\ne,pos\n")
+    splits = load_csv_splits(tmp_path)
+    assert splits.label_names == ["neg", "neu", "pos"]
+    assert splits.val.labels.tolist() == [1] and splits.test.labels.tolist() == [2]
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    _folder(tmp_path, "text,label\na,10\nb,2\nc,1\n")
+    assert load_csv_splits(tmp_path).label_names == ["1", "2", "10"]
+
+
+def test_text_pairs_become_token_type_ids(tmp_path, tokenizer):
+    pair = "text,text_pair,label\nwhat is it?,it is a cat,0\nwho is he?,the sky is blue,1\n"
+    _folder(tmp_path, pair)
+    splits = load_csv_splits(tmp_path)
+    assert splits.train.text_pairs == ["it is a cat", "the sky is blue"]
+    inputs, labels = next(iter(Batches(splits.train, tokenizer, batch_size=2)))
+    assert inputs["token_type_ids"].max() == 1 and labels.tolist() == [0, 1]
+    _write(tmp_path, "val", "text,label\na,0\n")
+    with pytest.raises(DataError, match="'text_pair' is in"):
+        load_csv_splits(tmp_path)
+
+
+def test_hf_loader_with_local_files_and_column_mapping(tmp_path):
+    for name, rows in (("train", "q,a,y\nx?,yes,good\nz?,no,bad\n"), ("val", "q,a,y\nw?,ok,bad\n"),
+                       ("test", "q,a,y\nv?,sure,good\n")):
+        _write(tmp_path, name, rows)
+    files = {s: str(tmp_path / f"{s}.csv") for s in ("train", "val", "test")}
+    splits = load_hf_splits("csv", data_files=files, splits=("train", "val", "test"), text_column="q",
+                            text_pair_column="a", label_column="y")
+    assert splits.label_names == ["bad", "good"]
+    assert splits.train.texts == ["x?", "z?"] and splits.train.text_pairs == ["yes", "no"]
+    with pytest.raises(DataError, match=r"csv\[train\]: missing column 'text'"):
+        load_hf_splits("csv", data_files=files, splits=("train", "val", "test"))
+
+
+def test_length_grouped_batches_cover_every_row_once_and_pad_less(tokenizer):
+    splits = load_csv_splits(Path(__file__).resolve().parents[2] / "shared" / "data" / "MR", limit=600)
+    grouped = Batches(splits.train, tokenizer, batch_size=16, shuffle_seed=3)
+    for epoch in (0, 1):
+        rows = sorted(r for batch in grouped.order(epoch) for r in batch)
+        assert rows == list(range(600))
+    assert grouped.order(0) == grouped.order(0) and grouped.order(0) != grouped.order(1)
+    padded = sum(len(b) * max(int(grouped.lengths[r]) for r in b) for b in grouped.order(0))
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(600, generator=g).tolist()
+    random_padded = sum(16 * max(int(grouped.lengths[r]) for r in perm[s:s + 16]) for s in range(0, 600, 16))
+    assert padded < 0.8 * random_padded
+    inputs, _ = grouped.collate(grouped.order(0)[0])
+    assert inputs["input_ids"].shape[1] == max(int(grouped.lengths[r]) for r in grouped.order(0)[0])
+    fixed = Batches(splits.train, tokenizer, batch_size=16, pad_to=128)
+    assert next(iter(fixed))[0]["input_ids"].shape[1] == 128
+
+
+def test_tokenisation_is_cached_on_disk(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+    splits = load_csv_splits(Path(__file__).resolve().parents[2] / "shared" / "data" / "MR", limit=50)
+    first = Batches(splits.val, tokenizer, batch_size=8, max_length=32)
+    files = list((cache_dir() / "tokens").glob("*.arrow"))
+    assert len(files) == 1
+    second = Batches(splits.val, tokenizer, batch_size=8, max_length=32)
+    assert list((cache_dir() / "tokens").glob("*.arrow")) == files
+    assert all(torch.equal(a, b) for a, b in zip(first.input_ids, second.input_ids))
+    assert max(len(ids) for ids in first.input_ids) <= 32
+    Batches(splits.val, tokenizer, batch_size=8, max_length=64)  # other settings: another cache file
+    assert len(list((cache_dir() / "tokens").glob("*.arrow"))) == 2
