@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,23 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
+def tiny_encoder(architecture: str = "bert", vocab_size: int = 30522, hidden: int = 32, seed: int = 0) -> PreTrainedModel:
+    """A small random-initialised BERT, RoBERTa or DistilBERT (MiniLM's vocabulary) for tests."""
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    if architecture == "bert":
+        return tiny_bert(vocab_size, hidden, seed=seed)
+    torch.manual_seed(seed)
+    if architecture == "roberta":
+        config = RobertaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=2 * hidden, max_position_embeddings=514, pad_token_id=0)
+        return RobertaModel(config)
+    if architecture == "distilbert":
+        config = DistilBertConfig(vocab_size=vocab_size, dim=hidden, n_layers=2, n_heads=2, hidden_dim=2 * hidden)
+        return DistilBertModel(config)
+    raise ValueError(f"unknown architecture {architecture!r}: bert, roberta or distilbert")
+
+
 def tiny_bert(vocab_size: int = 30522, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> BertModel:
     """A small random-initialised BERT for fast tests (same vocabulary as MiniLM's tokenizer)."""
     torch.manual_seed(seed)
@@ -70,6 +88,8 @@ class TextClassifier(nn.Module):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.encoder = encoder
+        # DistilBERT has no segment embeddings: token_type_ids are dropped for such encoders
+        self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
         self.pooling = pooling
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
 
@@ -80,7 +100,7 @@ class TextClassifier(nn.Module):
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
+        if token_type_ids is not None and self.takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**kwargs).last_hidden_state
         if self.pooling == "cls":

@@ -261,3 +261,18 @@ def test_linear_probe_separates_nearly_constant_features():
     with torch.no_grad():
         accuracy = (head(emb[150:]).argmax(dim=1) == labels[150:]).float().mean().item()
     assert accuracy > 0.95 and info["probe_val_macro_f1"] > 0.95
+
+
+@pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
+def test_other_encoder_families_train_from_local_folders(tmp_path, architecture):
+    from gloss_core.models import tiny_encoder
+
+    tiny_encoder(architecture).save_pretrained(tmp_path)
+    load_tokenizer("minilm").save_pretrained(tmp_path)
+    result = train(TrainConfig(model=str(tmp_path), loss="gloss", epochs=1, batch_size=16, pooling="mean"))
+    assert result["epochs_run"] == 1 and 0.0 <= result["test_macro_f1"] <= 1.0
+
+
+def test_bf16_autocast_run_on_cpu(tiny_model_dir):
+    result = train(TrainConfig(model=tiny_model_dir, loss="gloss", epochs=1, batch_size=16, precision="bf16"))
+    assert np.isfinite(result["history"][0]["train_loss"])
