@@ -32,7 +32,7 @@ HELP = {
     "sigma": "G-Loss kernel width: a number, 'sqrt', 'batch_sqrt' or 'dicm'",
     "gamma": "G-Loss: fraction of the batch that keeps its label",
     "lam": "integrated: weight of the auxiliary loss",
-    "patience": "early-stopping patience in epochs",
+    "patience": "early-stopping patience in epochs (0: off)",
     "device": "auto | cpu | cuda | cuda:N",
     "precision": "auto (bf16 autocast on CUDA) | fp32 | bf16",
 }

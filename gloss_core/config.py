@@ -46,7 +46,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     grad_clip: float | None = None  # None: 1.0 integrated, 5.0 standalone (reference)
     epochs: int = 2
-    patience: int | None = None  # early stopping (epochs without improvement)
+    patience: int | None = 10  # early stopping: epochs without improvement (reference: 10); 0 or None: off
     batch_size: int = 32
     max_length: int = 128
     # standalone linear probe

@@ -141,7 +141,7 @@ class Run:
     def fit(self, report=None) -> None:
         config = self.config
         while self.epoch < config.epochs:
-            if config.patience is not None and self.epoch - self.best["best_epoch"] >= config.patience:
+            if config.patience and self.epoch - self.best["best_epoch"] >= config.patience:
                 break
             self.epoch += 1
             metrics = {"epoch": self.epoch, **self.train_epoch()}
