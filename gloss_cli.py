@@ -1,11 +1,13 @@
-"""The `gloss` command: `gloss train` (gloss_core). Sweep and analysis commands register here too."""
+"""The `gloss` command: `gloss train` (gloss_core) and `gloss sweep run|status` (sweeps)."""
 
 import typer
 
 from gloss_core.cli import train
+from sweeps.cli import app as sweep_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="G-Loss fine-tuning and sweeps.")
 app.command("train")(train)
+app.add_typer(sweep_app, name="sweep")
 
 
 @app.callback()

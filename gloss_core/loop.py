@@ -154,6 +154,8 @@ class Run:
                 self.best = {"best_epoch": self.epoch, "selection": selection}
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             metrics["best_epoch"] = self.best["best_epoch"]
+            patience_over = bool(config.patience) and self.epoch - self.best["best_epoch"] >= config.patience
+            metrics["last_epoch"] = self.epoch == config.epochs or patience_over
             self.history.append(metrics)
             self.save_adjacency()
             if report is not None:

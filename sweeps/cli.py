@@ -1,0 +1,64 @@
+"""`gloss sweep run SPEC` and `gloss sweep status NAME`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="Sweeps: dataset x model x loss x seed grids on Ray Tune.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@app.command("run")
+def run(
+    spec: Path = typer.Argument(..., help="a sweep spec (YAML), e.g. sweeps/specs/demo.yaml"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep"),
+    storage_path: Optional[Path] = typer.Option(None, help="Tune state folder (default ./ray_results)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)"),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of a local Ray cluster (default: all)"),
+):
+    """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow."""
+    from sweeps.spec import SpecError, load_spec
+
+    try:
+        parsed = load_spec(spec)
+    except SpecError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+    from sweeps.runner import run_sweep
+
+    try:
+        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume,
+                  storage_path=str(storage_path) if storage_path else None, ray_address=address, num_cpus=num_cpus)
+    except FileExistsError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+
+
+@app.command("status")
+def status(
+    name: str = typer.Argument(..., help="the sweep's name (its MLflow experiment)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)"),
+):
+    """Per cell and phase: trials completed, running, stopped early, failed; best so far."""
+    from sweeps.status import sweep_status
+
+    try:
+        rows = sweep_status(name, tracking_uri)
+    except LookupError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from err
+    table = Table(title=f"sweep {name}")
+    for column in ("phase", "cell", "completed", "running", "stopped early", "failed", "interrupted", "best"):
+        table.add_column(column)
+    for row in rows:
+        best = "-" if row["best"] is None else f"{row['best']:.4f} ({row['metric']})"
+        table.add_row(row["phase"], row["cell"], *(str(row[k]) for k in ("completed", "running", "stopped_early",
+                                                                       "failed", "interrupted")), best)
+    console.print(table)

@@ -1,0 +1,230 @@
+"""Sweep specs: YAML, validated against a schema before any Ray resource is used.
+
+A spec names the grid axes (`datasets`, `models`, `losses`, `seeds`), each loss variant's search
+space, the per-cell budget, ASHA, the metric, trial resources, the replicate phase and where
+results go. Errors name the key and what is allowed. See `sweeps/specs/demo.yaml`.
+
+Search-space entries: `{loguniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{int: [lo, hi]}`
+(inclusive) or `{choice: [a, b, ...]}`; anything in `fixed` is a constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gloss_core.config import PROTOCOL_LOSSES, TrainConfig
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
+DEFAULT_METRIC = {"integrated": "val_macro_f1", "standalone": "val_macro_silhouette"}
+
+
+class SpecError(ValueError):
+    """An invalid sweep spec; the message names the file, key and what is allowed."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_overrides(values: dict, where: str) -> dict:
+    unknown = sorted(set(values) - TRAIN_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown training option(s) {unknown} in {where}; allowed: {sorted(TRAIN_FIELDS)}")
+    return values
+
+
+class Distribution(Strict):
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(default=None, alias="int")
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("loguniform", "uniform", "integer", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of loguniform, uniform, int, choice")
+        lo_hi = getattr(self, kinds[0])
+        if kinds[0] == "choice":
+            if not lo_hi:
+                raise ValueError("choice needs at least one value")
+        elif not lo_hi[0] < lo_hi[1]:
+            raise ValueError(f"{kinds[0].replace('integer', 'int')} needs low < high, got {list(lo_hi)}")
+        elif kinds[0] == "loguniform" and lo_hi[0] <= 0:
+            raise ValueError(f"loguniform needs positive bounds, got {list(lo_hi)}")
+        return self
+
+    def suggest(self, trial, name: str):
+        if self.loguniform:
+            return trial.suggest_float(name, *self.loguniform, log=True)
+        if self.uniform:
+            return trial.suggest_float(name, *self.uniform)
+        if self.integer:
+            return trial.suggest_int(name, *self.integer)
+        return trial.suggest_categorical(name, self.choice)
+
+
+class SpaceSampler:
+    """Optuna define-by-run space of one cell (a picklable callable: Tune saves the searcher)."""
+
+    def __init__(self, space: dict[str, Distribution]):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        for key, dist in self.space.items():
+            dist.suggest(trial, key)
+
+
+class LossVariant(Strict):
+    loss: str
+    space: dict[str, Distribution] = {}
+    fixed: dict[str, Any] = {}
+
+    @field_validator("space", "fixed")
+    @classmethod
+    def _known(cls, values):
+        return _check_overrides(values, "the loss variant")
+
+
+class Search(Strict):
+    num_samples: int = Field(4, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class Asha(Strict):
+    max_t: int = Field(3, ge=1, description="epochs")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Replicate(Strict):
+    seeds: list[int] = [1, 2, 3]
+
+
+class SweepSpec(Strict):
+    name: str
+    protocol: Literal["integrated", "standalone"] = "integrated"
+    datasets: dict[str, dict[str, Any]]
+    models: dict[str, dict[str, Any]]
+    losses: dict[str, LossVariant]
+    seeds: list[int] = [0]
+    train: dict[str, Any] = {}
+    search: Search = Search()
+    asha: Asha = Asha()
+    metric: str | None = None
+    mode: Literal["max", "min"] = "max"
+    resources: Resources = Resources()
+    replicate: Replicate | None = Replicate()
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError("use letters, digits, '_', '.', '-' (it names folders and the MLflow experiment)")
+        return name
+
+    @field_validator("datasets", "models", mode="before")
+    @classmethod
+    def _shorthand(cls, values, info):
+        """A list of strings is shorthand: `[MR]` -> `{MR: {data: MR}}` (or `{model: ...}`)."""
+        key = "data" if info.field_name == "datasets" else "model"
+        if isinstance(values, list):
+            values = {Path(str(v)).name or str(v): {key: v} for v in values}
+        if not values:
+            raise ValueError("give at least one entry")
+        for name, overrides in values.items():
+            if not isinstance(overrides, dict):
+                raise ValueError(f"entry {name!r} must be a mapping of training options")
+            _check_overrides(overrides, f"{info.field_name}.{name}")
+        return values
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, values):
+        bad = sorted(set(values) & GRID_KEYS)
+        if bad:
+            raise ValueError(f"{bad} are set by the grid axes, not under train")
+        return _check_overrides(values, "train")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        allowed = PROTOCOL_LOSSES[self.protocol]
+        for name, variant in self.losses.items():
+            if variant.loss not in allowed:
+                raise ValueError(f"losses.{name}.loss: {variant.loss!r} is not a {self.protocol} loss; allowed: {list(allowed)}")
+        if self.metric is None:
+            self.metric = DEFAULT_METRIC[self.protocol]
+        if not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        return self
+
+    # ---- the grid -------------------------------------------------------------------------------
+    def cells(self) -> list[dict]:
+        """Every (dataset, model, loss variant, seed) cell with its constant training options."""
+        out = []
+        for dname, dopts in self.datasets.items():
+            for mname, mopts in self.models.items():
+                for lname, variant in self.losses.items():
+                    for seed in self.seeds:
+                        name = f"{dname}__{mname}__{lname}__s{seed}"
+                        constants = {"epochs": self.asha.max_t, **self.train, **dopts, **mopts,
+                                     "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed}
+                        out.append({"name": name, "dataset": dname, "model": mname, "loss": lname, "seed": seed,
+                                    "constants": constants, "space": variant.space})
+        return out
+
+    def check_cells(self, base: Path | None = None) -> None:
+        """Build a TrainConfig for every cell (with the space's low values) so bad values fail now."""
+        for cell in self.cells():
+            values = dict(cell["constants"])
+            for key, dist in cell["space"].items():
+                values[key] = (dist.choice[0] if dist.choice else
+                               (dist.loguniform or dist.uniform or dist.integer)[0])
+            try:
+                TrainConfig.from_dict(values)
+            except ValueError as err:
+                raise SpecError(f"cell {cell['name']}: {err}") from err
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file; data and model paths that exist (relative to the working
+    directory) become absolute, since trials run in folders of their own."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the spec must be a mapping with at least name, datasets, models, losses")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""))
+        raise SpecError(f"{path}: invalid sweep spec\n" + "\n".join(lines)) from None
+    for entries, key in ((spec.datasets, "data"), (spec.models, "model")):
+        for options in entries.values():  # trials run in their own folders: make local paths absolute
+            value = options.get(key)
+            if isinstance(value, str) and not value.startswith("hf:") and Path(value).exists():
+                options[key] = str(Path(value).resolve())
+    spec.check_cells()
+    return spec

@@ -1,0 +1,173 @@
+"""MLflow layout of a sweep: one experiment per sweep, one parent run per cell and phase, one child
+run per trial, logged from the Tune driver by a restore-safe, batched callback.
+
+Child runs carry the flat training config as params, per-epoch metrics with step = epoch, tags
+(sweep, dataset, model, loss, seed, phase, cell, trial id, `ended` = completed | stopped_early |
+failed | interrupted, and the failure reason), and at the end a metrics JSON and the validation
+curve as artifacts. Runs are keyed by trial id and the map survives `Tuner.restore`, so a resumed
+sweep never duplicates or orphans a run, and none is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray.tune.logger import LoggerCallback
+
+from trainables.trainable import flat_config
+
+INTERNAL = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
+            "iterations_since_restore", "pid", "done", "episodes_total", "timesteps_total"}
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - created concurrently by someone else
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def parent_run(client: MlflowClient, exp_id: str, sweep: str, cell: dict, phase: str) -> str:
+    """Get or create the parent run of one cell and phase (idempotent across resumes)."""
+    query = f"tags.sweep = '{sweep}' and tags.cell = '{cell['name']}' and tags.phase = '{phase}' and tags.kind = 'cell'"
+    found = client.search_runs([exp_id], query, max_results=1)
+    tags = {"sweep": sweep, "cell": cell["name"], "phase": phase, "kind": "cell", "dataset": cell["dataset"],
+            "model": cell["model"], "loss": cell["loss"], "seed": str(cell["seed"])}
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    return client.create_run(exp_id, run_name=f"{phase}:{cell['name']}", tags=tags).info.run_id
+
+
+def numeric_metrics(result: dict) -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if key in INTERNAL or key.startswith("config") or isinstance(value, (dict, list, str)) or value is None:
+            continue
+        if isinstance(value, (bool, int, float)) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+class MLflowTrialLogger(LoggerCallback):
+    """Creates and fills one child run per trial under its cell's parent run.
+
+    Args:
+        tracking_uri: where MLflow lives.
+        experiment: the sweep's experiment id.
+        parents: cell name -> parent run id.
+        cell_tags: cell name -> tags for its trials.
+        phase: "search" or "replicate".
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, parents: dict[str, str], cell_tags: dict[str, dict],
+                 phase: str):
+        self.tracking_uri, self.experiment, self.phase = tracking_uri, experiment, phase
+        self.parents, self.cell_tags = parents, cell_tags
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.curves: dict[str, list] = {}
+        self.ended: set[str] = set()
+        self._client = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def get_state(self) -> dict:
+        return {"runs": dict(self.runs), "curves": dict(self.curves), "ended": set(self.ended)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs.update(state.get("runs", {}))
+        self.curves.update(state.get("curves", {}))
+        self.ended.update(state.get("ended", set()))
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        values = flat_config(trial.config)
+        cell = values.get("_cell", "")
+        found = self.client.search_runs(
+            [self.experiment], f"tags.trial_id = '{trial.trial_id}' and tags.phase = '{self.phase}' and tags.cell = '{cell}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {**self.cell_tags.get(cell, {}), "trial_id": trial.trial_id, "phase": self.phase, "kind": "trial",
+                    MLFLOW_PARENT_RUN_ID: self.parents[cell], MLFLOW_RUN_NAME: f"{cell}/{trial.trial_id}"}
+            run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items()) if not k.startswith("_")]
+            for start in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[start:start + 100])
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def log_trial_start(self, trial) -> None:
+        run_id = self._run_id(trial)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "ended", "running")
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        run_id = self._run_id(trial)
+        step = int(result.get("epoch", iteration))
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        if "epoch" in result:
+            curve = self.curves.setdefault(trial.trial_id, [])
+            curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
+            curve.append({k: v for k, v in numeric_metrics(result).items() if k == "epoch" or k.startswith("val_")})
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        run_id = self._run_id(trial)
+        last = trial.last_result or {}
+        if failed:
+            ended = "failed"
+            error = trial.get_error()
+            self.client.set_tag(run_id, "error", (str(error) if error else "unknown error")[-4000:])
+        else:
+            ended = "completed" if last.get("last_epoch") else "stopped_early"
+        self.client.set_tag(run_id, "ended", ended)
+        with tempfile.TemporaryDirectory() as folder:
+            with open(os.path.join(folder, "metrics.json"), "w") as f:
+                json.dump({k: v for k, v in last.items() if isinstance(v, (int, float, str, bool))}, f, indent=2)
+            curve = self.curves.get(trial.trial_id, [])
+            if curve:
+                keys = sorted({k for row in curve for k in row})
+                with open(os.path.join(folder, "validation_curve.csv"), "w") as f:
+                    f.write(",".join(keys) + "\n")
+                    for row in curve:
+                        f.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
+            self.client.log_artifacts(run_id, folder)
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        self.ended.add(trial.trial_id)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.close_open_runs(trials)
+
+    def close_open_runs(self, trials) -> None:
+        """Runs of trials that did not end (interrupted sweep) are closed as KILLED, to be reopened
+        by the same trial id on resume."""
+        for trial in trials:
+            if trial.trial_id in self.runs and trial.trial_id not in self.ended:
+                run_id = self.runs[trial.trial_id]
+                self.client.set_tag(run_id, "ended", "interrupted")
+                self.client.set_terminated(run_id, "KILLED")

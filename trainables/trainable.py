@@ -1,0 +1,62 @@
+"""The Ray Tune function trainable: one `gloss_core.train.train` run, reporting through `tune.report`.
+
+The trial config is a flat `TrainConfig` dict plus bookkeeping keys that start with "_" (cell,
+phase, ...), which the trainable drops. Each epoch reports its metrics with a checkpoint;
+`tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
+normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from
+"stopped early by ASHA". NaN metrics and `NonFiniteEmbeddingsError` end the trial as failed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from ray import tune
+
+from gloss_core.config import TrainConfig
+from gloss_core.errors import NonFiniteEmbeddingsError
+from gloss_core.train import train
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot go on (NaN metric, non-finite embeddings); the message is the reason."""
+
+
+def flat_config(config: dict) -> dict:
+    """The trial's values: a replicate trial carries its whole config under `_replica`."""
+    return {**config, **config.get("_replica", {})}
+
+
+def train_config(config: dict) -> TrainConfig:
+    return TrainConfig.from_dict({k: v for k, v in flat_config(config).items() if not k.startswith("_")})
+
+
+def gloss_trainable(config: dict) -> None:
+    config = flat_config(config)
+    threads = config.get("_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    run_config = train_config(config)
+    final_report = bool(config.get("_report_test", False))
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k != "val_macro_silhouette"]
+        if bad:
+            raise TrialFailed(f"NaN metric(s) {bad} at epoch {metrics.get('epoch')}")
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                result = train(run_config, report=report, resume_from=folder)
+        else:
+            result = train(run_config, report=report)
+    except NonFiniteEmbeddingsError as err:
+        raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
+    if final_report:  # replicate phase (no scheduler): one last report with the test metrics
+        summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**summary, "last_epoch": True, "final": True})
