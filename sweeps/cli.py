@@ -31,7 +31,7 @@ def run(
     except SpecError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
-    from sweeps.runner import run_sweep
+    from sweeps.runner import SweepInterrupted, run_sweep
 
     try:
         run_sweep(parsed, tracking_uri=tracking_uri, resume=resume,
@@ -39,6 +39,10 @@ def run(
     except FileExistsError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(2) from err
+    except SweepInterrupted as err:
+        console.print(f"[yellow]sweep {parsed.name!r} interrupted during the {err} phase; its state is saved. "
+                      f"Continue with: gloss sweep run {spec} --resume[/yellow]")
+        raise typer.Exit(130) from err
 
 
 @app.command("status")

@@ -44,6 +44,37 @@ def _can_restore(path: Path) -> bool:
     return tune.Tuner.can_restore(str(path)) and any(p.is_dir() for p in path.iterdir())
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
+
+
+def _interrupted(results) -> bool:
+    trials = results._experiment_analysis.trials  # Tune returns normally on SIGINT; look at the states
+    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: str, trial_ids: set[str]) -> int:
+    """Delete runs of trials that the restored experiment does not know (started after the last
+    state snapshot, before a SIGKILL): they would be orphans, and the trials run again anyway."""
+    runs = client.search_runs([exp_id], f"tags.sweep = '{sweep}' and tags.phase = '{phase}' and tags.kind = 'trial'",
+                              max_results=50000)
+    orphans = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids]
+    for run in orphans:
+        client.delete_run(run.info.run_id)
+    return len(orphans)
+
+
+def optuna_states(storage: Path) -> dict[str, dict[str, int]]:
+    """Per cell, how many Optuna trials ended COMPLETE, PRUNED or FAIL (read from the saved searcher)."""
+    searcher = CellSearcher.__new__(CellSearcher)
+    searcher.restore_from_dir(str(storage))
+    out = {}
+    for cell in searcher.searchers:
+        states = [t.state.name for t in searcher.study(cell).trials]
+        out[cell] = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    return out
+
+
 def close_running_runs(client: MlflowClient, exp_id: str, sweep: str) -> int:
     """Mark every run of this sweep still RUNNING as KILLED (interrupted); returns how many."""
     runs = client.search_runs([exp_id], f"tags.sweep = '{sweep}' and attributes.status = 'RUNNING'", max_results=5000)
@@ -88,6 +119,10 @@ class SweepRunner:
             shutil.rmtree(path)
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
+    @staticmethod
+    def _trial_ids(results) -> set[str]:
+        return {t.trial_id for t in results._experiment_analysis.trials}
+
     def _callback(self, phase: str) -> MLflowTrialLogger:
         parents = {c["name"]: parent_run(self.client, self.exp_id, self.spec.name, c, phase) for c in self.cells}
         tags = {c["name"]: {"sweep": self.spec.name, "cell": c["name"], "dataset": c["dataset"], "model": c["model"],
@@ -110,6 +145,10 @@ class SweepRunner:
         callback = self._callback("search")
         tuner = self._tuner("search", trainable, {}, tune_config, callback, resume)
         results = tuner.fit()
+        if _interrupted(results):
+            raise SweepInterrupted("search")
+        reconcile_trial_runs(self.client, self.exp_id, spec.name, "search", self._trial_ids(results))
+        self.optuna = optuna_states(self.storage / "search")
         best = {}
         for cell in self.cells:
             trials = [r for r in results if r.config and r.config.get("_cell") == cell["name"]]
@@ -117,6 +156,8 @@ class SweepRunner:
                       for r in trials if r.metrics_dataframe is not None and spec.metric in r.metrics_dataframe]
             scored = [(v, r) for v, r in scored if v == v]  # drop NaN
             parent = self.parents[cell["name"]]
+            for state, count in self.optuna.get(cell["name"], {}).items():
+                self.client.log_metric(parent, f"optuna_{state.lower()}", count)
             if not scored:
                 self.client.set_tag(parent, "error", "no trial of this cell reported the metric")
                 self.client.set_terminated(parent, "FAILED")
@@ -143,6 +184,9 @@ class SweepRunner:
         callback = self._callback("replicate")
         tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback, resume)
         results = tuner.fit()
+        if _interrupted(results):
+            raise SweepInterrupted("replicate")
+        reconcile_trial_runs(self.client, self.exp_id, spec.name, "replicate", self._trial_ids(results))
         out: dict[str, list[dict]] = {}
         for r in results:
             if r.error is None and r.metrics and r.metrics.get("final"):
@@ -191,7 +235,7 @@ class SweepRunner:
             self.client.log_artifacts(summary_run, folder)
         self.client.set_terminated(summary_run, "FINISHED")
         return {"cells": rows, "best": best, "replicate": replicate, "experiment_id": self.exp_id,
-                "tracking_uri": self.uri}
+                "tracking_uri": self.uri, "optuna": getattr(self, "optuna", {})}
 
     def _summary_run(self) -> str:
         query = f"tags.sweep = '{self.spec.name}' and tags.kind = 'summary'"

@@ -1,0 +1,187 @@
+"""The sweep service with a real local Ray cluster, real Optuna and a real MLflow SQLite store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from gloss_core.models import load_tokenizer, tiny_bert
+from sweeps.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+GLOSS = str(Path(sys.executable).with_name("gloss"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert-sweep")
+    tiny_bert().save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    return str(folder)
+
+
+def write_spec(folder: Path, model: str, name: str, **changes) -> Path:
+    spec = {
+        "name": name,
+        "datasets": {"synth": {"data": "synthetic", "synthetic_size": 48, "synthetic_noise": 0.2}},
+        "models": {"tiny": {"model": model}},
+        "losses": {
+            "ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-5, 3e-2]}}},
+            "gloss": {"loss": "gloss", "space": {"lr": {"loguniform": [1e-5, 3e-2]}, "gamma": {"choice": [0.5, 0.7]}}},
+        },
+        "train": {"batch_size": 16, "max_length": 16, "patience": 0, "timing": False},
+        "search": {"num_samples": 5, "max_concurrent": 2, "seed": 0},
+        "asha": {"max_t": 4, "grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpu": 0.5},
+        "replicate": {"seeds": [1, 2]},
+        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        "storage_path": str(folder / "ray_results"),
+    }
+    spec.update(changes)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def trial_runs(uri: str, name: str, phase: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    return client, exp, client.search_runs([exp.experiment_id], f"tags.kind = 'trial' and tags.phase = '{phase}'",
+                                           max_results=1000)
+
+
+def test_two_cell_sweep_end_to_end(tiny_model, tmp_path):
+    from sweeps.runner import run_sweep
+
+    spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells"))
+    summary = run_sweep(spec, num_cpus=2)
+    uri = spec.tracking_uri
+    client, exp, runs = trial_runs(uri, "two-cells", "search")
+
+    # exactly one child run per trial, under its cell's parent, with the right tags
+    assert len(runs) == 2 * 5
+    assert len({r.data.tags["trial_id"] for r in runs}) == 10
+    parents = {r.data.tags["cell"]: r for r in client.search_runs(
+        [exp.experiment_id], "tags.kind = 'cell' and tags.phase = 'search'")}
+    assert set(parents) == {"synth__tiny__ce__s0", "synth__tiny__gloss__s0"}
+    for run in runs:
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parents[tags["cell"]].info.run_id
+        assert tags["dataset"] == "synth" and tags["model"] == "tiny" and tags["seed"] == "0"
+        assert tags["loss"] in ("ce", "gloss") and tags["cell"].endswith(f"__{tags['loss']}__s0")
+        assert tags["ended"] in ("completed", "stopped_early")
+        assert run.info.status == "FINISHED"
+        assert run.data.params["loss"] == tags["loss"].replace("gloss", "gloss")
+        history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"metrics.json", "validation_curve.csv"} <= artifacts
+
+    # ASHA stopped some trials, and Optuna recorded exactly those as pruned
+    stopped = [r for r in runs if r.data.tags["ended"] == "stopped_early"]
+    assert stopped, "ASHA stopped no trial"
+    for cell, states in summary["optuna"].items():
+        cell_stopped = sum(1 for r in stopped if r.data.tags["cell"] == cell)
+        assert states["PRUNED"] == cell_stopped
+        assert states["COMPLETE"] + states["PRUNED"] == 5
+
+    # the cells ran concurrently: a trial of one cell overlapped a trial of the other
+    spans = {cell: [(r.info.start_time, r.info.end_time) for r in runs if r.data.tags["cell"] == cell] for cell in parents}
+    a, b = spans.values()
+    assert any(s1 < e2 and s2 < e1 for s1, e1 in a for s2, e2 in b)
+
+    # replicate phase: each cell's best config on 2 seeds, evaluated on test; then the summary
+    _, _, reps = trial_runs(uri, "two-cells", "replicate")
+    assert len(reps) == 2 * 2 and {r.data.params["seed"] for r in reps} == {"1", "2"}
+    assert all("test_macro_f1" in r.data.metrics for r in reps)
+    assert [row["n"] for row in summary["cells"]] == [2, 2]
+    all_runs = client.search_runs([exp.experiment_id], "", max_results=1000)
+    assert not [r for r in all_runs if r.info.status == "RUNNING"]
+
+    status = subprocess.run([GLOSS, "sweep", "status", "two-cells", "--tracking-uri", uri],
+                            capture_output=True, text=True, check=True).stdout
+    assert "synth__tiny__gloss__s0" in status and "search" in status and "replicate" in status
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupt_and_resume_keeps_every_trial_once(tiny_model, tmp_path, sig):
+    name = f"resume-{sig.name.lower()}"
+    spec_path = write_spec(tmp_path, tiny_model, name, replicate=None,
+                           search={"num_samples": 4, "max_concurrent": 1, "seed": 0},
+                           asha={"max_t": 6, "grace_period": 6, "reduction_factor": 2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([GLOSS, "sweep", "run", str(spec_path), "--num-cpus", "2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until some trials are done and others are in flight
+        time.sleep(2)
+        try:
+            _, _, runs = trial_runs(uri, name, "search")
+        except Exception:  # noqa: BLE001 - the experiment may not exist yet
+            continue
+        if sum(r.data.tags.get("ended") == "completed" for r in runs) >= 2:
+            break
+    else:
+        proc.kill()
+        pytest.fail("the sweep did not get going: " + proc.communicate()[0].decode()[-3000:])
+    os.kill(proc.pid, sig)
+    output = proc.communicate(timeout=120)[0].decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, output[-3000:]
+        assert "--resume" in output
+        _, _, runs = trial_runs(uri, name, "search")
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver's own children; Ray's reaper cleans the rest
+    done_before = {r.data.tags["trial_id"] for r in trial_runs(uri, name, "search")[2]
+                   if r.data.tags.get("ended") == "completed"}
+
+    resumed = subprocess.run([GLOSS, "sweep", "run", str(spec_path), "--resume", "--num-cpus", "2"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, exp, runs = trial_runs(uri, name, "search")
+    ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 2 * 4  # no duplicate, no orphan, none lost
+    assert done_before <= set(ids)
+    assert all(r.info.status == "FINISHED" and r.data.tags["ended"] == "completed" for r in runs)
+    everything = client.search_runs([exp.experiment_id], "", max_results=1000)
+    assert not [r for r in everything if r.info.status == "RUNNING"]
+
+
+def test_spec_errors_name_the_key(tmp_path, tiny_model):
+    good = yaml.safe_load(write_spec(tmp_path, tiny_model, "ok").read_text())
+
+    def bad(change, match):
+        spec = {**good, **change}
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError, match=match):
+            load_spec(path)
+
+    bad({"losses": {"x": {"loss": "triplet"}}}, r"losses\.x\.loss: 'triplet' is not a integrated loss")
+    bad({"asha": {"max_t": 0}}, r"asha\.max_t")
+    bad({"search": {"num_samples": 2, "workers": 3}}, r"search\.workers: Extra inputs are not permitted")
+    bad({"losses": {"x": {"loss": "ce", "space": {"lr": {"loguniform": [1e-3, 1e-5]}}}}}, "low < high")
+    bad({"losses": {"x": {"loss": "ce", "space": {"learning_rate": {"uniform": [0, 1]}}}}}, r"unknown training option\(s\) \['learning_rate'\]")
+    bad({"train": {"loss": "ce"}}, r"set by the grid axes")
+    bad({"name": "a b"}, r"name: .*letters, digits")
+    bad({"datasets": {"d": {"data": "synthetic", "lr": -1, "pooling": "max"}}}, r"cell d__tiny__ce__s0: pooling must be one of")
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_shipped_specs_validate():
+    for path in sorted((REPO / "sweeps" / "specs").glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.cells(), path
