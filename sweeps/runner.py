@@ -48,9 +48,11 @@ class SweepInterrupted(RuntimeError):
     """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
 
 
-def _interrupted(results) -> bool:
-    trials = results._experiment_analysis.trials  # Tune returns normally on SIGINT; look at the states
-    return any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+def _interrupted(results, expected: int) -> bool:
+    """Tune returns normally on SIGINT: the phase is complete only if every expected trial exists
+    and reached a final state."""
+    trials = results._experiment_analysis.trials
+    return len(trials) < expected or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
 
 def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: str, trial_ids: set[str]) -> int:
@@ -145,7 +147,7 @@ class SweepRunner:
         callback = self._callback("search")
         tuner = self._tuner("search", trainable, {}, tune_config, callback, resume)
         results = tuner.fit()
-        if _interrupted(results):
+        if _interrupted(results, spec.search.num_samples * len(self.cells)):
             raise SweepInterrupted("search")
         reconcile_trial_runs(self.client, self.exp_id, spec.name, "search", self._trial_ids(results))
         self.optuna = optuna_states(self.storage / "search")
@@ -184,7 +186,7 @@ class SweepRunner:
         callback = self._callback("replicate")
         tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback, resume)
         results = tuner.fit()
-        if _interrupted(results):
+        if _interrupted(results, len(replicas)):
             raise SweepInterrupted("replicate")
         reconcile_trial_runs(self.client, self.exp_id, spec.name, "replicate", self._trial_ids(results))
         out: dict[str, list[dict]] = {}

@@ -113,8 +113,9 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path):
 def test_interrupt_and_resume_keeps_every_trial_once(tiny_model, tmp_path, sig):
     name = f"resume-{sig.name.lower()}"
     spec_path = write_spec(tmp_path, tiny_model, name, replicate=None,
+                           datasets={"synth": {"data": "synthetic", "synthetic_size": 600}},
                            search={"num_samples": 4, "max_concurrent": 1, "seed": 0},
-                           asha={"max_t": 6, "grace_period": 6, "reduction_factor": 2})
+                           asha={"max_t": 8, "grace_period": 8, "reduction_factor": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([GLOSS, "sweep", "run", str(spec_path), "--num-cpus", "2"], cwd=tmp_path, env=env,
