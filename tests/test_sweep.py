@@ -186,3 +186,44 @@ def test_shipped_specs_validate():
     for path in sorted((REPO / "sweeps" / "specs").glob("*.yaml")):
         spec = load_spec(path)
         assert spec.cells(), path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_local_head(tmp_path):
+    """`ray job submit ... -- gloss sweep run SPEC` against a head started with `ray start` on free
+    ports (never 6379), then the runs are checked in MLflow."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    gcs, dashboard = _free_port(), _free_port()
+    ray = str(Path(bin_dir) / "ray")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "name": "jobtest", "datasets": {"synth": {"data": "synthetic", "synthetic_size": 32}},
+        "models": {"minilm": {"model": "minilm"}},
+        "losses": {"ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-5, 1e-4]}}}},
+        "train": {"batch_size": 16, "max_length": 16, "patience": 0, "timing": False},
+        "search": {"num_samples": 2, "max_concurrent": 2}, "asha": {"max_t": 1, "grace_period": 1},
+        "resources": {"cpu": 1}, "replicate": None,
+    }))
+    subprocess.run([ray, "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                    str(dashboard), "--include-dashboard", "true", "--num-cpus", "2", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        job = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(tmp_path),
+             "--runtime-env-json", '{"excludes": [".git", "mlflow.db", "rr"]}', "--", "gloss", "sweep", "run",
+             "job.yaml", "--tracking-uri", uri, "--storage-path", str(tmp_path / "rr")],
+            env=env, capture_output=True, text=True, timeout=400)
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    client, exp, runs = trial_runs(uri, "jobtest", "search")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["ended"] == "completed" for r in runs)
