@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gloss_core.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.components import autocast_dtype, balanced_weights, build_loss, make_scheduler
 from gloss_core.graph import gaussian_affinity
 from gloss_core.losses import GLoss
@@ -102,6 +103,9 @@ class Run:
 
     def evaluate(self, batches) -> tuple[dict, torch.Tensor, torch.Tensor]:
         logits, emb, labels = self.embed(batches)
+        if not bool(torch.isfinite(emb).all()):
+            raise NonFiniteEmbeddingsError(f"evaluation embeddings hold NaN/inf after epoch {self.epoch}; "
+                                           "training diverged (learning rate too high?)")
         metrics = silhouettes(emb, labels)
         if not self.standalone:
             metrics.update(classification_metrics(logits, labels))

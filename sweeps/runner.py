@@ -25,7 +25,7 @@ from rich.table import Table
 
 from sweeps.cells import CellASHA, CellSearcher
 from sweeps.spec import SpaceSampler, SweepSpec
-from sweeps.tracking import MLflowTrialLogger, default_tracking_uri, experiment_id, parent_run
+from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, default_tracking_uri, experiment_id, parent_run
 from trainables.trainable import gloss_trainable
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -108,10 +108,11 @@ class SweepRunner:
             close_running_runs(self.client, self.exp_id, self.spec.name)
         return summary
 
-    def _tuner(self, name: str, trainable, param_space, tune_config, callback, resume: bool) -> tune.Tuner:
+    def _tuner(self, name: str, trainable, param_space, tune_config, callback, resume: bool, total: int) -> tune.Tuner:
         path = self.storage / name
+        progress = ProgressPrinter(name, self.spec.metric, total, console.width)
         run_config = tune.RunConfig(
-            name=name, storage_path=str(self.storage), callbacks=[callback], verbose=0,
+            name=name, storage_path=str(self.storage), callbacks=[callback, progress], verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         )
@@ -145,7 +146,8 @@ class SweepRunner:
             max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
         )
         callback = self._callback("search")
-        tuner = self._tuner("search", trainable, {}, tune_config, callback, resume)
+        tuner = self._tuner("search", trainable, {}, tune_config, callback, resume,
+                            spec.search.num_samples * len(self.cells))
         results = tuner.fit()
         if _interrupted(results, spec.search.num_samples * len(self.cells)):
             raise SweepInterrupted("search")
@@ -184,7 +186,8 @@ class SweepRunner:
                                  "_report_test": True})
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None)
         callback = self._callback("replicate")
-        tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback, resume)
+        tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback,
+                            resume, len(replicas))
         results = tuner.fit()
         if _interrupted(results, len(replicas)):
             raise SweepInterrupted("replicate")

@@ -19,7 +19,9 @@ import time
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
+from rich.console import Console
 
 from trainables.trainable import flat_config
 
@@ -171,3 +173,36 @@ class MLflowTrialLogger(LoggerCallback):
                 run_id = self.runs[trial.trial_id]
                 self.client.set_tag(run_id, "ended", "interrupted")
                 self.client.set_terminated(run_id, "KILLED")
+
+
+class ProgressPrinter(Callback):
+    """One line per finished trial: cell, how it ended, its metric, and the phase's count."""
+
+    def __init__(self, phase: str, metric: str, total: int, width: int | None = None):
+        self.phase, self.metric, self.total, self.width = phase, metric, total, width
+        self.done = 0
+        self._console = None
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks; a Console holds a lock
+        return {**self.__dict__, "_console": None}
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console(width=self.width)
+        return self._console
+
+    def _line(self, trial, ended: str) -> None:
+        self.done += 1
+        last = trial.last_result or {}
+        cell = flat_config(trial.config).get("_cell", "?")
+        value = last.get(self.metric)
+        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else ""
+        self.console.print(f"[{self.phase} {self.done}/{self.total}] {cell} {trial.trial_id}: {ended} "
+                           f"after {last.get('training_iteration', 0)} epoch(s) {shown}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "completed" if (trial.last_result or {}).get("last_epoch") else "stopped early (ASHA)")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._line(trial, "FAILED")

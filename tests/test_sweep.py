@@ -227,3 +227,28 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
     client, exp, runs = trial_runs(uri, "jobtest", "search")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["ended"] == "completed" for r in runs)
+
+
+def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_path):
+    from sweeps.runner import run_sweep
+
+    spec = load_spec(write_spec(
+        tmp_path, tiny_model, "failures",
+        losses={"ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-4, 1e-3]}}},
+                "diverge": {"loss": "gloss", "fixed": {"lr": 1e10}, "space": {"gamma": {"choice": [0.5, 0.7]}}}},
+        search={"num_samples": 2, "max_concurrent": 2}, asha={"max_t": 2, "grace_period": 2},
+        replicate={"seeds": [1]}))
+    summary = run_sweep(spec, num_cpus=2)
+    client, exp, runs = trial_runs(spec.tracking_uri, "failures", "search")
+    failed = [r for r in runs if r.data.tags["loss"] == "diverge"]
+    assert len(failed) == 2 and len(runs) == 4
+    for run in failed:
+        assert run.info.status == "FAILED" and run.data.tags["ended"] == "failed"
+        assert "NonFiniteEmbeddingsError" in run.data.tags["error"]
+    assert all(r.data.tags["ended"] == "completed" for r in runs if r.data.tags["loss"] == "ce")
+    assert summary["optuna"]["synth__tiny__diverge__s0"]["FAIL"] == 2
+    parent = client.search_runs([exp.experiment_id], "tags.kind = 'cell' and tags.cell = 'synth__tiny__diverge__s0' "
+                                                     "and tags.phase = 'search'")[0]
+    assert parent.info.status == "FAILED" and "no trial" in parent.data.tags["error"]
+    rows = {row["cell"]: row for row in summary["cells"]}
+    assert rows["synth__tiny__ce__s0"]["n"] == 1 and rows["synth__tiny__diverge__s0"]["n"] == 0
