@@ -7,7 +7,7 @@ import torch
 from gloss_core.config import TrainConfig
 from gloss_core.data import DatasetSplits, load_csv_splits, load_hf_splits
 from gloss_core.losses import BatchAllTripletLoss, CombinedLoss, CosineSimilarityLoss, GLoss, SupConLoss
-from gloss_core.sigma import make_sigma
+from gloss_core.sigma import make_sigma, scaled_sigma
 from gloss_core.synthetic import synthetic_splits
 
 
@@ -50,6 +50,8 @@ def build_loss(config: TrainConfig, num_classes: int, weights=None, train_embedd
     """The training objective, called as `loss_fn(logits, embeddings, labels)`."""
     if config.loss == "gloss":
         sigma = make_sigma(config.sigma, train_embeddings, train_labels)
+        if config.sigma_scale != 1.0:
+            sigma = scaled_sigma(sigma, config.sigma_scale)
         aux = GLoss(num_classes, config.gamma, sigma, weights, seed=config.seeds()["mask"],
                     stratified=config.stratified_mask, formulation=config.gloss_formulation)
     else:

@@ -31,6 +31,7 @@ class TrainConfig:
     lam: float = 0.9  # integrated: (1 - lam) CE + lam aux
     gamma: float = 0.7  # G-Loss: fraction of the batch that keeps its label
     sigma: float | str = 1.0  # a number, "sqrt", "batch_sqrt" or "dicm"
+    sigma_scale: float = 1.0  # multiplies the sigma (the paper's sigma-multiplier ablation)
     stratified_mask: bool = False
     gloss_formulation: str = "paper"  # paper | reference
     temperature: float = 0.1  # SCL

@@ -171,6 +171,26 @@ def dicm_sigma(
     return max(float(best.sqrt()) / 3.0, _MIN_SIGMA)
 
 
+@dataclass(frozen=True)
+class ScaledSigma:
+    """Another strategy's sigma times a constant factor."""
+
+    base: SigmaStrategy
+    scale: float
+
+    def __call__(self, embeddings: torch.Tensor) -> float | torch.Tensor:
+        return self.base(embeddings) * self.scale
+
+
+def scaled_sigma(sigma: SigmaStrategy, scale: float) -> SigmaStrategy:
+    """`sigma x scale`; a FixedSigma stays fixed (so its value is recorded and checkpointed)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"sigma_scale must be a positive finite number, got {scale!r}")
+    if isinstance(sigma, FixedSigma):
+        return FixedSigma(sigma.value * scale)
+    return ScaledSigma(sigma, scale)
+
+
 def make_sigma(spec: float | str | SigmaStrategy, embeddings=None, labels=None) -> SigmaStrategy:
     """Build a strategy from a config value: a number, "sqrt", "batch_sqrt" or "dicm".
 

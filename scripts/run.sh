@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: set-up, then one G-Loss+CE fine-tuning run of the bundled
-# all-MiniLM-L6-v2 on the synthetic corpus, ending with a summary table. Extra arguments go to
-# `gloss train` (e.g. --data ../shared/data/MR --limit 512).
+# The main job on embedded defaults: set-up, then the demo sweep (sweeps/specs/demo.yaml) on a
+# local Ray cluster, logged to MLflow in ./mlflow.db, ending with a summary table.
+# A second run discards the first (--restart). Extra arguments go to `gloss sweep run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-mkdir -p runs
-exec .venv/bin/gloss train --output runs/metrics.json "$@"
+exec .venv/bin/gloss sweep run sweeps/specs/demo.yaml --restart "$@"

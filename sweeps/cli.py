@@ -19,6 +19,7 @@ def run(
     spec: Path = typer.Argument(..., help="a sweep spec (YAML), e.g. sweeps/specs/demo.yaml"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep"),
+    restart: bool = typer.Option(False, "--restart", help="discard an earlier run of this sweep (Tune state and MLflow runs)"),
     storage_path: Optional[Path] = typer.Option(None, help="Tune state folder (default ./ray_results)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)"),
     num_cpus: Optional[int] = typer.Option(None, help="CPUs of a local Ray cluster (default: all)"),
@@ -34,7 +35,9 @@ def run(
     from sweeps.runner import SweepInterrupted, run_sweep
 
     try:
-        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume,
+        if resume and restart:
+            raise typer.BadParameter("--resume and --restart exclude each other")
+        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume, restart=restart,
                   storage_path=str(storage_path) if storage_path else None, ray_address=address, num_cpus=num_cpus)
     except FileExistsError as err:
         console.print(f"[red]{err}[/red]")

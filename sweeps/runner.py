@@ -96,10 +96,12 @@ class SweepRunner:
         self.cells = spec.cells()
 
     # ---- phases ---------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict:
-        if not resume and self.storage.exists():
+    def run(self, resume: bool = False, restart: bool = False) -> dict:
+        if restart:
+            self.discard_previous()
+        elif not resume and self.storage.exists():
             raise FileExistsError(f"{self.storage} holds an earlier run of sweep {self.spec.name!r}: "
-                                  "pass --resume to continue it, or remove the folder to start again")
+                                  "pass --resume to continue it, or --restart to discard it and start again")
         try:
             search = self.search(resume)
             replicate = self.replicate(search, resume) if self.spec.replicate else {}
@@ -107,6 +109,13 @@ class SweepRunner:
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
         return summary
+
+    def discard_previous(self) -> None:
+        """Remove the Tune state and delete this sweep's MLflow runs, so one experiment holds one sweep."""
+        if self.storage.exists():
+            shutil.rmtree(self.storage)
+        for run in self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000):
+            self.client.delete_run(run.info.run_id)
 
     def _tuner(self, name: str, trainable, param_space, tune_config, callback, resume: bool, total: int) -> tune.Tuner:
         path = self.storage / name
@@ -251,7 +260,7 @@ class SweepRunner:
                                       tags={"sweep": self.spec.name, "kind": "summary", "phase": "summary"}).info.run_id
 
 
-def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False,
+def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None) -> dict:
     """Start (or join) Ray, run every phase, shut Ray down if this call started it."""
     started = False
@@ -262,7 +271,7 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
         started = True
     try:
-        return SweepRunner(spec, tracking_uri, storage_path).run(resume)
+        return SweepRunner(spec, tracking_uri, storage_path).run(resume, restart)
     finally:
         if started:
             ray.shutdown()

@@ -116,3 +116,15 @@ def test_sqrt_rule_streams_20000_embeddings_in_bounded_memory():
     sigma, peak_kib = float(out[0]), int(out[1])
     assert 0.5 < sigma < 0.9  # random directions in 32-d: distances concentrate near sqrt(2)
     assert peak_kib < 2_000_000, f"peak RSS {peak_kib / 1e6:.2f} GB"
+
+
+def test_scaled_sigma():
+    from gloss_core.sigma import ScaledSigma, scaled_sigma
+
+    assert scaled_sigma(FixedSigma(0.4), 2.5) == FixedSigma(1.0)
+    emb = torch.randn(20, 4, dtype=torch.float64)
+    scaled = scaled_sigma(BatchSqrtSigma(), 0.5)
+    assert isinstance(scaled, ScaledSigma)
+    assert float(scaled(emb)) == pytest.approx(0.5 * float(BatchSqrtSigma()(emb)))
+    with pytest.raises(ValueError, match="sigma_scale"):
+        scaled_sigma(FixedSigma(1.0), 0.0)
