@@ -28,7 +28,8 @@ def load_splits(config: TrainConfig) -> DatasetSplits:
     if config.data == "synthetic":
         half = max(config.synthetic_size // 2, config.synthetic_classes)
         return synthetic_splits(config.synthetic_classes, config.synthetic_size, half, half,
-                                config.synthetic_noise, seed=config.seeds()["data_order"])
+                                config.synthetic_noise, seed=config.synthetic_seed,
+                                distractors=config.synthetic_distractors)
     if config.data.startswith("hf:"):
         name, _, hf_config = config.data[3:].partition(":")
         splits = tuple(s.strip() for s in config.hf_splits.split(","))

@@ -22,6 +22,8 @@ class TrainConfig:
     synthetic_classes: int = 2
     synthetic_size: int = 256  # train rows; val and test get half each
     synthetic_noise: float = 0.05
+    synthetic_distractors: int = 0  # up to this many topic words of another class per text
+    synthetic_seed: int = 0  # the corpus itself; fixed across run seeds, so replicates see the same data
     # model
     model: str = "minilm"  # alias, Hub name or local folder
     pooling: str = "cls"  # cls | mean

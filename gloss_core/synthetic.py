@@ -31,13 +31,16 @@ _TOPICS = [
 _FILLER = "the a of and to in is it that with for on this as was very quite really somewhat".split()
 
 
-def _split(rng: random.Random, size: int, num_classes: int, label_noise: float) -> Split:
+def _split(rng: random.Random, size: int, num_classes: int, label_noise: float, distractors: int = 0) -> Split:
     texts, labels = [], []
     for i in range(size):
         label = i % num_classes
         words = _TOPICS[label % len(_TOPICS)].split()
         tag = f"topic{label}" if label >= len(_TOPICS) else None
         body = rng.choices(words, k=rng.randint(2, 4)) + rng.choices(_FILLER, k=rng.randint(4, 8))
+        if distractors:  # topic words of another class make the task harder
+            other = rng.choice([c for c in range(num_classes) if c != label]) % len(_TOPICS)
+            body += rng.choices(_TOPICS[other].split(), k=rng.randint(0, distractors))
         if tag:
             body.append(tag)
         rng.shuffle(body)
@@ -55,16 +58,20 @@ def synthetic_splits(
     test_size: int = 128,
     label_noise: float = 0.05,
     seed: int = 0,
+    distractors: int = 0,
 ) -> DatasetSplits:
-    """Train/val/test splits of the synthetic corpus; the same arguments give the same texts."""
+    """Train/val/test splits of the synthetic corpus; the same arguments give the same texts.
+
+    `distractors`: up to this many topic words of another class are mixed into each text.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if not 0.0 <= label_noise < 1.0:
         raise ValueError(f"label_noise must lie in [0, 1), got {label_noise}")
     rng = random.Random(seed)
     return DatasetSplits(
-        train=_split(rng, train_size, num_classes, label_noise),
-        val=_split(rng, val_size, num_classes, label_noise),
-        test=_split(rng, test_size, num_classes, label_noise),
+        train=_split(rng, train_size, num_classes, label_noise, distractors),
+        val=_split(rng, val_size, num_classes, label_noise, distractors),
+        test=_split(rng, test_size, num_classes, label_noise, distractors),
         label_names=[f"class{c}" for c in range(num_classes)],
     )

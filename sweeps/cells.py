@@ -16,6 +16,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
+
 
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that records scheduler-stopped trials as PRUNED, not COMPLETE.

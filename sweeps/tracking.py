@@ -199,7 +199,7 @@ class ProgressPrinter(Callback):
         value = last.get(self.metric)
         shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else ""
         self.console.print(f"[{self.phase} {self.done}/{self.total}] {cell} {trial.trial_id}: {ended} "
-                           f"after {last.get('training_iteration', 0)} epoch(s) {shown}")
+                           f"after {last.get('training_iteration', 0)} epoch(s) {shown}", markup=False, highlight=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "completed" if (trial.last_result or {}).get("last_epoch") else "stopped early (ASHA)")
