@@ -153,6 +153,7 @@ class SweepRunner:
             metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
             num_samples=spec.search.num_samples * len(self.cells),
             max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
+            reuse_actors=True,  # a trial's process (torch, transformers imported) serves the next one
         )
         callback = self._callback("search")
         tuner = self._tuner("search", trainable, {}, tune_config, callback, resume,
@@ -193,7 +194,7 @@ class SweepRunner:
             for seed in spec.replicate.seeds:
                 replicas.append({**info["config"], "seed": seed, "_cell": cell_name, "_threads": threads,
                                  "_report_test": True})
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None)
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
         callback = self._callback("replicate")
         tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback,
                             resume, len(replicas))
