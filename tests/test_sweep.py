@@ -11,7 +11,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from gloss_core.models import load_tokenizer, tiny_bert
 from sweeps.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,11 +18,8 @@ GLOSS = str(Path(sys.executable).with_name("gloss"))
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bert-sweep")
-    tiny_bert().save_pretrained(folder)
-    load_tokenizer("minilm").save_pretrained(folder)
-    return str(folder)
+def tiny_model(tiny_model_dir):
+    return tiny_model_dir
 
 
 def write_spec(folder: Path, model: str, name: str, **changes) -> Path:

@@ -11,20 +11,11 @@ from typer.testing import CliRunner
 
 from gloss_cli import app
 from gloss_core.data import DataError, load_csv_splits
-from gloss_core.models import TextClassifier, load_tokenizer, resolve_model_path, tiny_bert
+from gloss_core.models import TextClassifier, load_tokenizer, resolve_model_path
 from gloss_core.synthetic import synthetic_splits
 from gloss_core.train import TrainConfig, balanced_weights, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random-initialised 2-layer BERT saved as a local Hugging Face folder, with MiniLM's tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tiny_bert().save_pretrained(folder)
-    load_tokenizer("minilm").save_pretrained(folder)
-    return str(folder)
 
 
 def test_bundled_minilm_resolves_offline():
