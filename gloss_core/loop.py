@@ -33,7 +33,8 @@ class Run:
     def __init__(self, config, model, splits, device, train_batches, val_batches, test_batches, eval_train):
         self.config, self.model, self.splits, self.device = config, model, splits, device
         self.train_batches, self.val_batches, self.test_batches = train_batches, val_batches, test_batches
-        self.eval_train = eval_train  # builds unshuffled train batches when needed
+        self._make_eval_train = eval_train  # builds unshuffled train batches, once, when first needed
+        self._eval_train = None
         self.standalone = config.protocol == "standalone"
         self.weights = (balanced_weights(splits.train.labels, splits.num_classes).to(device)
                         if config.class_weights == "balanced" else None)
@@ -50,6 +51,12 @@ class Run:
         self.history: list[dict] = []
         self.sigma_value: float | None = None
         self.loss_fn = None
+
+    def eval_train(self):
+        """Unshuffled train batches (sigma rules, adjacency artifacts, the linear probe)."""
+        if self._eval_train is None:
+            self._eval_train = self._make_eval_train()
+        return self._eval_train
 
     # ---- set-up and checkpoints -------------------------------------------------------------
     def setup_loss(self, state: dict | None = None) -> None:
