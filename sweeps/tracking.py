@@ -66,6 +66,18 @@ def numeric_metrics(result: dict) -> dict[str, float]:
     return out
 
 
+def error_text(trial) -> str:
+    """The trial's error trace: the driver's local copy is written at once; storage may lag."""
+    local = trial.error_file
+    if local and os.path.isfile(local):
+        with open(local, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    try:
+        return str(trial.get_error() or trial.get_pickled_error() or "unknown error")
+    except Exception as err:  # noqa: BLE001 - never let error reporting fail the sweep
+        return f"unknown error ({type(err).__name__} while reading the trace)"
+
+
 class MLflowTrialLogger(LoggerCallback):
     """Creates and fills one child run per trial under its cell's parent run.
 
@@ -143,8 +155,7 @@ class MLflowTrialLogger(LoggerCallback):
         last = trial.last_result or {}
         if failed:
             ended = "failed"
-            error = trial.get_error()
-            self.client.set_tag(run_id, "error", (str(error) if error else "unknown error")[-4000:])
+            self.client.set_tag(run_id, "error", error_text(trial)[-4000:])
         else:
             ended = "completed" if last.get("last_epoch") else "stopped_early"
         self.client.set_tag(run_id, "ended", ended)
