@@ -22,6 +22,7 @@ import contextlib
 import torch
 
 from gloss_core.errors import NonFiniteEmbeddingsError
+from gloss_core.timing import no_timer
 
 # Probability, per step, that a random walk from a hidden node is absorbed by a virtual node that
 # carries the uniform label distribution. It makes (I - T_UU) non-singular for every batch, so a
@@ -160,7 +161,7 @@ def propagate_labels(
     labeled = labeled.to(embeddings.device)
     check_labels(labels, labeled, n, num_classes)
     hidden = ~labeled
-    timer = timer or _no_timer
+    timer = timer or no_timer
     with float64_graph_context(embeddings.device):
         with timer("graph"):
             P = (1.0 - LEAK) * transition_matrix(gaussian_affinity(embeddings, sigma, rescale=True))
@@ -175,7 +176,3 @@ def propagate_labels(
             # Rows sum to 1 exactly in exact arithmetic; dividing by the computed sum removes the
             # rounding that a nearly singular block (a component with no label) leaves along them.
             return F_u / F_u.sum(dim=1, keepdim=True)
-
-
-def _no_timer(phase: str):
-    return contextlib.nullcontext()
