@@ -23,6 +23,7 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
+from gloss_core.provenance import git_commit, package_versions
 from sweeps.cells import CellASHA, CellSearcher
 from sweeps.spec import SpaceSampler, SweepSpec
 from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, default_tracking_uri, experiment_id, parent_run
@@ -102,6 +103,7 @@ class SweepRunner:
         elif not resume and self.storage.exists():
             raise FileExistsError(f"{self.storage} holds an earlier run of sweep {self.spec.name!r}: "
                                   "pass --resume to continue it, or --restart to discard it and start again")
+        self._summary_run()  # created first: it records the spec, git commit and package versions
         try:
             search = self.search(resume)
             replicate = self.replicate(search, resume) if self.spec.replicate else {}
@@ -193,7 +195,7 @@ class SweepRunner:
         for cell_name, info in best.items():
             for seed in spec.replicate.seeds:
                 replicas.append({**info["config"], "seed": seed, "_cell": cell_name, "_threads": threads,
-                                 "_report_test": True})
+                                 "_report_test": True, "_artifacts": spec.replicate.artifacts})
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
         callback = self._callback("replicate")
         tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback,
@@ -257,8 +259,11 @@ class SweepRunner:
         found = self.client.search_runs([self.exp_id], query, max_results=1)
         if found:
             return found[0].info.run_id
-        return self.client.create_run(self.exp_id, run_name="summary",
-                                      tags={"sweep": self.spec.name, "kind": "summary", "phase": "summary"}).info.run_id
+        tags = {"sweep": self.spec.name, "kind": "summary", "phase": "summary", "git_commit": git_commit(),
+                "package_versions": json.dumps(package_versions())}
+        run_id = self.client.create_run(self.exp_id, run_name="summary", tags=tags).info.run_id
+        self.client.log_dict(run_id, self.spec.model_dump(mode="json", by_alias=True), "spec.json")
+        return run_id
 
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,

@@ -112,6 +112,7 @@ class Resources(Strict):
 
 class Replicate(Strict):
     seeds: list[int] = [1, 2, 3]
+    artifacts: bool = False  # log test embeddings and one batch's adjacency per epoch (t-SNE, heatmap)
 
 
 class SweepSpec(Strict):

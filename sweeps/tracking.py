@@ -2,9 +2,11 @@
 run per trial, logged from the Tune driver by a restore-safe, batched callback.
 
 Child runs carry the flat training config as params, per-epoch metrics with step = epoch, tags
-(sweep, dataset, model, loss, seed, phase, cell, trial id, `ended` = completed | stopped_early |
-failed | interrupted, and the failure reason), and at the end a metrics JSON and the validation
-curve as artifacts. Runs are keyed by trial id and the map survives `Tuner.restore`, so a resumed
+(sweep, dataset, model, loss, seed = the trial's training seed, cell_seed = the grid's seed, phase,
+cell, trial id, `ended` = completed | stopped_early | failed | interrupted, and the failure reason),
+and at the end a metrics JSON, the validation curve and, when the trial's last checkpoint holds an
+`artifacts/` folder (replicate phase with `replicate.artifacts: true`), its test embeddings and
+adjacency matrices under `artifacts/`. Runs are keyed by trial id and the map survives `Tuner.restore`, so a resumed
 sweep never duplicates or orphans a run, and none is left RUNNING.
 """
 
@@ -124,7 +126,9 @@ class MLflowTrialLogger(LoggerCallback):
         if found:
             run_id = found[0].info.run_id
         else:
-            tags = {**self.cell_tags.get(cell, {}), "trial_id": trial.trial_id, "phase": self.phase, "kind": "trial",
+            cell_tags = self.cell_tags.get(cell, {})
+            tags = {**cell_tags, "seed": str(values.get("seed", cell_tags.get("seed", ""))),
+                    "cell_seed": cell_tags.get("seed", ""), "trial_id": trial.trial_id, "phase": self.phase, "kind": "trial",
                     MLFLOW_PARENT_RUN_ID: self.parents[cell], MLFLOW_RUN_NAME: f"{cell}/{trial.trial_id}"}
             run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items()) if not k.startswith("_")]
@@ -140,12 +144,17 @@ class MLflowTrialLogger(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         run_id = self._run_id(trial)
-        step = int(result.get("epoch", iteration))
+        values = numeric_metrics(result)
+        if result.get("final"):  # the replicate's closing report: test metrics, not one more epoch
+            step = int(result.get("epochs_run", iteration))
+            values = {("final_" + k if k.startswith("val_") else k): v for k, v in values.items()}
+        else:
+            step = int(result.get("epoch", iteration))
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+        metrics = [Metric(k, v, ts, step) for k, v in values.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        if "epoch" in result:
+        if "epoch" in result and not result.get("final"):
             curve = self.curves.setdefault(trial.trial_id, [])
             curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
             curve.append({k: v for k, v in numeric_metrics(result).items() if k == "epoch" or k.startswith("val_")})
@@ -170,8 +179,24 @@ class MLflowTrialLogger(LoggerCallback):
                     for row in curve:
                         f.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
             self.client.log_artifacts(run_id, folder)
+        if not failed:
+            self._log_checkpoint_artifacts(run_id, trial)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         self.ended.add(trial.trial_id)
+
+    def _log_checkpoint_artifacts(self, run_id: str, trial) -> None:
+        """Embeddings and adjacency files travel from the trial to storage inside its last checkpoint
+        (works on any node and storage filesystem); they go to MLflow under `artifacts/`."""
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None:
+            return
+        try:
+            with checkpoint.as_directory() as folder:
+                files = os.path.join(folder, "artifacts")
+                if os.path.isdir(files):
+                    self.client.log_artifacts(run_id, files, "artifacts")
+        except Exception as err:  # noqa: BLE001 - a missing artifact must not fail the sweep
+            self.client.set_tag(run_id, "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
 
     def on_experiment_end(self, trials, **info) -> None:
         self.close_open_runs(trials)

@@ -55,7 +55,7 @@ def trial_runs(uri: str, name: str, phase: str):
 def test_two_cell_sweep_end_to_end(tiny_model, tmp_path):
     from sweeps.runner import run_sweep
 
-    spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells"))
+    spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells", replicate={"seeds": [1, 2], "artifacts": True}))
     summary = run_sweep(spec, num_cpus=2)
     uri = spec.tracking_uri
     client, exp, runs = trial_runs(uri, "two-cells", "search")
@@ -103,6 +103,26 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path):
     status = subprocess.run([GLOSS, "sweep", "status", "two-cells", "--tracking-uri", uri],
                             capture_output=True, text=True, check=True).stdout
     assert "synth__tiny__gloss__s0" in status and "search" in status and "replicate" in status
+
+    # replicate runs carry their own seed as the tag, and the artifacts of their last checkpoint
+    assert all(r.data.tags["seed"] == r.data.params["seed"] and r.data.tags["cell_seed"] == "0" for r in reps)
+    for run in reps:
+        names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "artifacts")}
+        assert {"test_embeddings.npy", "test_labels.npy", "adjacency_labels.npy", "adjacency_epoch001.npy"} <= names
+        history = client.get_metric_history(run.info.run_id, "val_macro_f1")
+        assert max(m.step for m in history) == run.data.metrics["epochs_run"]  # the test report adds no epoch
+
+    # the analysis reads this layout: tables, learning curves, t-SNE and adjacency from the real runs
+    out = tmp_path / "report"
+    done = subprocess.run([GLOSS, "analyze", "report", "-e", "two-cells", "--tracking-uri", uri, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = (out / "tables" / "table2.md").read_text()
+    assert "gloss" in table and "synth acc" in table
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"learning_curves_val_macro_f1.png", "tsne_synth.png", "adjacency_synth.png"} <= figures
+    report = (out / "report.md").read_text()
+    assert "sweep two-cells | git " in report and "git unknown" not in report
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])

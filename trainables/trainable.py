@@ -4,12 +4,15 @@ The trial config is a flat `TrainConfig` dict plus bookkeeping keys that start w
 phase, ...), which the trainable drops. Each epoch reports its metrics with a checkpoint;
 `tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
 normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from
-"stopped early by ASHA". NaN metrics and `NonFiniteEmbeddingsError` end the trial as failed.
+"stopped early by ASHA". With `_artifacts`, the replicate trial's final report carries a checkpoint
+whose `artifacts/` folder holds the test embeddings and one batch's adjacency per epoch. NaN metrics and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 
 import torch
 from ray import tune
@@ -39,6 +42,9 @@ def gloss_trainable(config: dict) -> None:
         torch.set_num_threads(int(threads))
     run_config = train_config(config)
     final_report = bool(config.get("_report_test", False))
+    artifacts = tempfile.TemporaryDirectory() if config.get("_artifacts") else None
+    if artifacts is not None:  # test embeddings and adjacency, handed over in the final checkpoint
+        run_config.artifacts_dir = os.path.join(artifacts.name, "artifacts")
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
@@ -59,4 +65,7 @@ def gloss_trainable(config: dict) -> None:
         raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
     if final_report:  # replicate phase (no scheduler): one last report with the test metrics
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tune.report({**summary, "last_epoch": True, "final": True})
+        checkpoint = tune.Checkpoint.from_directory(artifacts.name) if artifacts is not None else None
+        tune.report({**summary, "last_epoch": True, "final": True}, checkpoint=checkpoint)
+    if artifacts is not None:
+        artifacts.cleanup()

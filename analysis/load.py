@@ -1,0 +1,182 @@
+"""MLflow runs of one or more sweeps -> tidy pandas DataFrames, with checks for missing seeds and
+duplicate runs.
+
+Usage:
+    from analysis.load import load_runs
+    runs = load_runs(["table2"], "sqlite:///mlflow.db")
+    runs.tidy                     # one row per (run, metric, epoch); epoch NaN = the run's final value
+    runs.final("test_accuracy")   # one row per run: identifiers, params.*, value
+    runs.problems                 # missing seeds, duplicates, failed runs, said in words
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+ID_COLUMNS = ["sweep", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id", "ended",
+              "status", "run_id"]
+HISTORY_PREFIXES = ("val_", "train_", "time_", "epoch_time")  # per-epoch metrics (step = epoch)
+
+
+@dataclass
+class Sweep:
+    """What a sweep recorded about itself: its spec, code version and package versions."""
+    name: str
+    spec: dict = field(default_factory=dict)
+    git_commit: str = "unknown"
+    package_versions: dict = field(default_factory=dict)
+
+
+@dataclass
+class Runs:
+    runs: pd.DataFrame  # one row per trial run: ID_COLUMNS, params.*, tags.*, metrics.* (final values)
+    tidy: pd.DataFrame  # ID_COLUMNS + metric, value, epoch
+    sweeps: dict[str, Sweep]
+    problems: list[str]
+    tracking_uri: str = ""
+
+    def final(self, metric: str, phase: str | None = "replicate", completed_only: bool = True) -> pd.DataFrame:
+        """One row per run with the run's final value of `metric` as `value` (runs without it dropped)."""
+        column = f"metrics.{metric}"
+        frame = self.runs
+        if phase is not None:
+            frame = frame[frame["phase"] == phase]
+        if completed_only:
+            frame = frame[frame["ended"] == "completed"]
+        if column not in frame:
+            return frame.iloc[0:0].assign(value=pd.Series(dtype=float))
+        frame = frame[frame[column].notna()]
+        return frame.assign(value=frame[column].astype(float))
+
+    def history(self, metric: str, phase: str | None = "replicate") -> pd.DataFrame:
+        """Per-epoch values of `metric`: ID_COLUMNS + epoch, value."""
+        frame = self.tidy[(self.tidy["metric"] == metric) & self.tidy["epoch"].notna()]
+        if phase is not None:
+            frame = frame[frame["phase"] == phase]
+        return frame
+
+    def param_columns(self) -> list[str]:
+        return [c for c in self.runs.columns if c.startswith("params.")]
+
+
+def _paged(client: MlflowClient, experiment_ids: list[str], query: str):
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, query, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                  page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _number(text: str | None):
+    """Params are strings in MLflow; give numbers back as numbers (ints stay ints)."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def _sweep_record(client: MlflowClient, experiment_id: str, name: str) -> Sweep:
+    found = client.search_runs([experiment_id], "tags.kind = 'summary'", max_results=1)
+    if not found:
+        return Sweep(name)
+    run = found[0]
+    try:
+        with open(client.download_artifacts(run.info.run_id, "spec.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+    except Exception:  # noqa: BLE001 - a sweep from before the spec was recorded
+        spec = {}
+    versions = run.data.tags.get("package_versions")
+    return Sweep(name, spec, run.data.tags.get("git_commit", "unknown"), json.loads(versions) if versions else {})
+
+
+def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[str, ...] | None = ("replicate",)) -> Runs:
+    """Read every trial run of the named sweeps (MLflow experiments).
+
+    Args:
+        experiments: sweep names.
+        tracking_uri: the MLflow store.
+        history: phases whose per-epoch metric histories are read (learning curves, timing);
+            None reads none. The final values of every run are always read.
+
+    Raises:
+        LookupError: an experiment does not exist (the message lists those that do).
+    """
+    names = [experiments] if isinstance(experiments, str) else list(experiments)
+    client = MlflowClient(tracking_uri)
+    rows, tidy, sweeps = [], [], {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise LookupError(f"no experiment {name!r} at {tracking_uri}; experiments there: {known}")
+        sweeps[name] = _sweep_record(client, exp.experiment_id, name)
+        for run in _paged(client, [exp.experiment_id], "tags.kind = 'trial'"):
+            tags, params = run.data.tags, run.data.params
+            seed = _number(tags.get("seed") or params.get("seed"))
+            ids = {"sweep": tags.get("sweep", name), "phase": tags.get("phase"), "method": tags.get("loss"),
+                   "loss": params.get("loss"), "dataset": tags.get("dataset"), "model": tags.get("model"),
+                   "seed": seed, "cell": tags.get("cell"), "trial_id": tags.get("trial_id"),
+                   "ended": tags.get("ended"), "status": run.info.status, "run_id": run.info.run_id}
+            row = dict(ids)
+            row.update({f"params.{k}": _number(v) for k, v in params.items()})
+            row.update({f"tags.{k}": v for k, v in tags.items() if not k.startswith("mlflow.")})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+            for key, value in run.data.metrics.items():
+                tidy.append({**ids, "metric": key, "value": value, "epoch": math.nan})
+            if history is not None and ids["phase"] in history:
+                last = run.data.metrics.get("epochs_run")
+                for key in run.data.metrics:
+                    if not key.startswith(HISTORY_PREFIXES):
+                        continue
+                    for point in client.get_metric_history(run.info.run_id, key):
+                        if last is None or point.step <= last:
+                            tidy.append({**ids, "metric": key, "value": point.value, "epoch": point.step})
+    runs = pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
+    tidy_frame = pd.DataFrame(tidy, columns=ID_COLUMNS + ["metric", "value", "epoch"])
+    return Runs(runs, tidy_frame, sweeps, check_runs(runs), tracking_uri)
+
+
+def check_runs(runs: pd.DataFrame) -> list[str]:
+    """Problems a reader must know before trusting a table: seeds that some methods lack within a
+    (sweep, dataset, model) group, duplicate (method, dataset, model, seed) runs, failed runs."""
+    problems = []
+    if runs.empty:
+        return ["no trial runs found"]
+    reps = runs[runs["phase"] == "replicate"]
+    done = reps[reps["ended"] == "completed"]
+    done = done.assign(protocol=done.get("params.protocol", pd.Series("integrated", index=done.index)))
+    for (sweep, protocol, dataset, model), group in done.groupby(["sweep", "protocol", "dataset", "model"]):
+        expected = set(group["seed"])
+        for method, rows in group.groupby("method"):
+            missing = sorted(expected - set(rows["seed"]))
+            if missing:
+                problems.append(f"missing seeds: {sweep}/{protocol}/{dataset}/{model}/{method} lacks seed(s) "
+                                f"{missing} that other methods have; paired tests use matched seeds only")
+    keys = ["sweep", "method", "dataset", "model", "seed"]
+    dupes = done[done.duplicated(keys, keep=False)]
+    for key, rows in dupes.groupby(keys):
+        problems.append(f"duplicate runs: {'/'.join(map(str, key))} has {len(rows)} completed replicate runs "
+                        f"({', '.join(rows['run_id'])}); the first is used")
+    failed = runs[runs["ended"].isin(["failed", "interrupted"])]
+    for (sweep, phase, ended), rows in failed.groupby(["sweep", "phase", "ended"]):
+        problems.append(f"{ended} runs: {len(rows)} in {sweep}/{phase} (excluded from the tables)")
+    return problems
+
+
+def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the first completed run per (sweep, method, dataset, model, seed), as check_runs says."""
+    return frame.drop_duplicates(["sweep", "method", "dataset", "model", "seed"], keep="first")

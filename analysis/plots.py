@@ -1,0 +1,218 @@
+"""Figures, each written as PNG and PDF with a provenance footer drawn under it.
+
+- learning_curves: validation metric per epoch, mean and 95% t-band over seeds (paper's curves).
+- cd_diagram: average ranks with Nemenyi's critical difference and cliques (Demsar 2006).
+- timing_breakdown: mean seconds per epoch in each training phase (paper Fig. 6).
+- ablation: metric against one G-Loss hyperparameter, one line per dataset (paper Figs. 2-3).
+- tornado: one-at-a-time swings of sigma, lambda and gamma around a base config, seed whiskers (Fig. 7).
+- tsne: test embeddings per method (Fig. 5); adjacency: one batch's affinity over epochs (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from analysis.stats import RankTest  # noqa: E402
+
+
+def save(fig, folder: Path, name: str, footer: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if footer:
+        fig.text(0.01, -0.01, textwrap.fill(footer, 170), fontsize=5.5, color="0.35", ha="left", va="top",
+                 family="monospace")
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _grid(count: int, width: float = 4.2, height: float = 3.2):
+    cols = min(count, 3)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def _t_band(values: np.ndarray) -> float:
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+
+def learning_curves(history: pd.DataFrame, metric: str, folder: Path, footer: str) -> list[Path]:
+    """`history`: rows with block, method, seed, epoch, value (one metric)."""
+    if history.empty:
+        return []
+    blocks = list(dict.fromkeys(history["block"]))
+    fig, axes = _grid(len(blocks))
+    for ax, block in zip(axes, blocks):
+        for method, part in history[history["block"] == block].groupby("method", sort=False):
+            curve = part.groupby("epoch")["value"].agg(list)
+            epochs = curve.index.to_numpy(dtype=float)
+            mean = np.array([np.mean(v) for v in curve])
+            band = np.array([_t_band(np.asarray(v)) for v in curve])
+            ax.plot(epochs, mean, marker="o", ms=3, label=f"{method} (n={part['seed'].nunique()})")
+            ax.fill_between(epochs, mean - band, mean + band, alpha=0.2)
+        ax.set_title(block, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Validation learning curves: mean and 95% t-band over seeds ({metric})", fontsize=10)
+    fig.tight_layout()
+    return save(fig, folder, f"learning_curves_{metric}", footer)
+
+
+def cliques(ranks: pd.Series, cd: float) -> list[list[str]]:
+    """Maximal groups of methods whose average ranks lie within CD of each other."""
+    names, values = list(ranks.index), ranks.to_numpy()
+    groups = []
+    for i in range(len(values)):
+        j = max(k for k in range(len(values)) if values[k] - values[i] <= cd)
+        if j > i and not any(a <= i and j <= b for a, b in groups):
+            groups.append((i, j))
+    return [names[a:b + 1] for a, b in groups]
+
+
+def cd_diagram(test: RankTest, title: str, folder: Path, name: str, footer: str) -> list[Path]:
+    ranks = test.ranks.sort_values()
+    k = len(ranks)
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * k))
+    ax.set_xlim(0.5, k + 0.5)
+    ax.set_ylim(-(k // 2 + 2.5), 2.2)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="k")
+    for r in range(1, k + 1):
+        ax.vlines(r, 0, 0.15, color="k")
+        ax.text(r, 0.3, str(r), ha="center", fontsize=8)
+    if np.isfinite(test.cd):
+        ax.hlines(1.3, 1, 1 + test.cd, color="tab:red", lw=2)
+        ax.text(1 + test.cd / 2, 1.5, f"CD = {test.cd:.2f}", ha="center", fontsize=8, color="tab:red")
+    half = math.ceil(k / 2)
+    for i, (method, rank) in enumerate(ranks.items()):
+        left = i < half
+        y = -(i + 1) if left else -(k - i)
+        x_text = 0.6 if left else k + 0.4
+        ax.plot([rank, rank, x_text], [0, y, y], color="0.2", lw=0.8)
+        ax.text(x_text, y + 0.1, f"{method} ({rank:.2f})", ha="left" if left else "right", fontsize=8)
+    for depth, group in enumerate(cliques(ranks, test.cd)):
+        lo, hi = ranks[group[0]], ranks[group[-1]]
+        ax.hlines(-0.4 - 0.25 * depth, lo - 0.05, hi + 0.05, color="tab:blue", lw=3)
+    p = "n/a" if test.friedman_p is None else f"{test.friedman_p:.3g}"
+    ax.set_title(f"{title}: average ranks (1 = best), N={test.n_blocks} datasets, Friedman p={p}", fontsize=9)
+    return save(fig, folder, name, footer)
+
+
+def timing_breakdown(timing: pd.DataFrame, folder: Path, footer: str) -> list[Path]:
+    """`timing`: rows with block, method, phase, seconds (mean per epoch)."""
+    if timing.empty:
+        return []
+    blocks = list(dict.fromkeys(timing["block"]))
+    phases = list(dict.fromkeys(timing["phase"]))
+    fig, axes = _grid(len(blocks), 5.0, 0.6 + 0.45 * timing["method"].nunique())
+    colors = plt.get_cmap("tab10")
+    for ax, block in zip(axes, blocks):
+        wide = timing[timing["block"] == block].pivot_table(index="method", columns="phase", values="seconds",
+                                                            sort=False).reindex(columns=phases).fillna(0.0)
+        left = np.zeros(len(wide))
+        for i, phase in enumerate(phases):
+            ax.barh(wide.index, wide[phase], left=left, color=colors(i % 10), label=phase)
+            left += wide[phase].to_numpy()
+        for y, total in enumerate(left):
+            ax.text(total, y, f" {total:.2f}s", va="center", fontsize=7)
+        ax.set_title(block, fontsize=9)
+        ax.set_xlabel("seconds per epoch")
+    fig.suptitle("Per-epoch timing breakdown (mean over epochs and seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, ncol=len(phases), loc="upper right")
+    return save(fig, folder, "timing_breakdown", footer)
+
+
+def ablation(points: pd.DataFrame, param: str, metric: str, folder: Path, footer: str) -> list[Path]:
+    """`points`: rows with block, value (of the parameter), mean, std, n."""
+    if points.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for block, part in points.groupby("block", sort=False):
+        part = part.sort_values("x")
+        ax.errorbar(part["x"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3,
+                    label=f"{block} (n={int(part['n'].min())}-{int(part['n'].max())})")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"Ablation of {param}: mean ± std over seeds", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, folder, f"ablation_{param}", footer)
+
+
+def tornado(bars: pd.DataFrame, base: float, block: str, metric: str, folder: Path, name: str,
+            footer: str) -> list[Path]:
+    """`bars`: rows with param, low_x, low_mean, low_std, high_x, high_mean, high_std; sorted by swing."""
+    bars = bars.assign(swing=(bars["high_mean"] - bars["low_mean"]).abs()).sort_values("swing")
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.6 * len(bars)))
+    y = np.arange(len(bars))
+    ax.barh(y - 0.18, bars["low_mean"] - base, left=base, height=0.36, color="tab:blue", label="low value")
+    ax.barh(y + 0.18, bars["high_mean"] - base, left=base, height=0.36, color="tab:orange", label="high value")
+    ax.errorbar(bars["low_mean"], y - 0.18, xerr=bars["low_std"].fillna(0), fmt="none", ecolor="k", capsize=3)
+    ax.errorbar(bars["high_mean"], y + 0.18, xerr=bars["high_std"].fillna(0), fmt="none", ecolor="k", capsize=3)
+    ax.axvline(base, color="k", lw=1)
+    ax.set_yticks(y, [f"{r.param}: {r.low_x:g} / {r.high_x:g} (swing {r.swing:.4f})" for r in bars.itertuples()],
+                  fontsize=8)
+    ax.set_xlabel(f"{metric} (base {base:.4f})")
+    ax.set_title(f"Sensitivity around the base config, {block}: mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, folder, name, footer)
+
+
+def tsne(embeddings: dict[str, tuple[np.ndarray, np.ndarray]], block: str, folder: Path, name: str,
+         footer: str, max_points: int = 1000, seed: int = 0) -> list[Path]:
+    """`embeddings`: method -> (embeddings, labels) of the test set."""
+    from sklearn.manifold import TSNE
+
+    fig, axes = _grid(len(embeddings), 3.6, 3.4)
+    rng = np.random.default_rng(seed)
+    for ax, (method, (emb, labels)) in zip(axes, embeddings.items()):
+        keep = rng.permutation(len(emb))[:max_points]
+        emb, labels = emb[keep], labels[keep]
+        perplexity = max(2.0, min(30.0, (len(emb) - 1) / 3))
+        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb.astype(np.float64))
+        scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
+        ax.set_title(f"{method} ({len(emb)} test points)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(scatter, ax=axes, label="class", shrink=0.8)
+    fig.suptitle(f"t-SNE of test embeddings, {block}", fontsize=10)
+    return save(fig, folder, name, footer)
+
+
+def adjacency(matrices: dict[int, np.ndarray], labels: np.ndarray, title: str, folder: Path, name: str,
+              footer: str) -> list[Path]:
+    """`matrices`: epoch -> affinity matrix of one fixed batch (rows ordered by label)."""
+    fig, axes = _grid(len(matrices), 3.2, 3.0)
+    top = max(float(np.max(m)) for m in matrices.values()) or 1.0
+    for ax, (epoch, matrix) in zip(axes, sorted(matrices.items())):
+        image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top)
+        ax.set_title(f"epoch {epoch}", fontsize=9)
+        edges = np.flatnonzero(np.diff(labels)) + 0.5
+        for edge in edges:
+            ax.axhline(edge, color="w", lw=0.5)
+            ax.axvline(edge, color="w", lw=0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.8, label="affinity")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, folder, name, footer)

@@ -1,0 +1,100 @@
+"""One table, three renderings with the same numbers: Markdown, LaTeX (booktabs) and CSV.
+
+A table holds display strings (`cells`), the numbers behind them rounded as shown (`numbers`,
+what the CSV holds), marks for the best and second-best cells, notes and a provenance footer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def fmt(value: float | None, decimals: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{decimals}f}"
+
+
+def pm(mean: float, std: float, decimals: int) -> str:
+    """'mean ± std' with a fixed number of decimals (std '–' when undefined, n = 1)."""
+    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return (out.replace("±", r"$\pm$").replace("–", "--").replace("Δ", r"$\Delta$").replace("†", r"$^\dagger$")
+            .replace("≥", r"$\geq$").replace("α", r"$\alpha$"))
+
+
+@dataclass
+class Table:
+    name: str  # file stem
+    caption: str
+    cells: pd.DataFrame  # display strings; row-label columns first
+    numbers: pd.DataFrame  # the same numbers, rounded as displayed, one column per quantity
+    marks: dict[tuple[int, str], str] = field(default_factory=dict)  # (row position, column) -> best | second
+    notes: list[str] = field(default_factory=list)
+    footer: str = ""
+
+    def _marked(self, bold, underline) -> pd.DataFrame:
+        cells = self.cells.copy().astype(str)
+        for (row, column), mark in self.marks.items():
+            text = cells.iloc[row][column]
+            cells.iloc[row, cells.columns.get_loc(column)] = bold(text) if mark == "best" else underline(text)
+        return cells
+
+    def markdown(self) -> str:
+        cells = self._marked(lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
+        parts = [f"**{self.caption}**", "", cells.to_markdown(index=False, disable_numparse=True)]
+        if self.notes:
+            parts += ["", *[f"- {note}" for note in self.notes]]
+        if self.footer:
+            parts += ["", f"<sub>{self.footer}</sub>"]
+        return "\n".join(parts) + "\n"
+
+    def latex(self) -> str:
+        cells = self.cells.copy().astype(str).map(latex_escape)
+        marks = {key: mark for key, mark in self.marks.items()}
+        for (row, column), mark in marks.items():
+            text = cells.iloc[row][column]
+            cells.iloc[row, cells.columns.get_loc(column)] = rf"\textbf{{{text}}}" if mark == "best" else rf"\underline{{{text}}}"
+        columns = "l" * len(cells.columns)
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(self.caption)}}}",
+                 rf"\label{{tab:{self.name}}}", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+                 " & ".join(latex_escape(c) for c in cells.columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(row) + r" \\" for row in cells.itertuples(index=False, name=None)]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        for note in self.notes + ([self.footer] if self.footer else []):
+            lines.append(rf"\par\footnotesize {latex_escape(note)}")
+        lines.append(r"\end{table}")
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{self.name}.md", folder / f"{self.name}.tex", folder / f"{self.name}.csv"]
+        paths[0].write_text(self.markdown(), encoding="utf-8")
+        paths[1].write_text(self.latex(), encoding="utf-8")
+        self.numbers.to_csv(paths[2], index=False)
+        return paths
+
+
+def mark_best(cells: pd.DataFrame, means: pd.Series, column: str, rows: list[int], higher_is_better: bool,
+              marks: dict) -> None:
+    """Mark the best and second-best of `rows` (positions) in `column` by their means."""
+    valid = [(means.iloc[r], r) for r in rows if not math.isnan(means.iloc[r])]
+    ordered = sorted(valid, key=lambda pair: -pair[0] if higher_is_better else pair[0])
+    distinct = sorted({v for v, _ in ordered}, reverse=higher_is_better)
+    if len(distinct) < 2:
+        return
+    for value, row in ordered:
+        if value == distinct[0]:
+            marks[(row, column)] = "best"
+        elif value == distinct[1]:
+            marks[(row, column)] = "second"

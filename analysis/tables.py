@@ -1,0 +1,384 @@
+"""The paper's tables from replicate runs (test metrics over seeds, from the best config per cell).
+
+- table2: integrated protocol; accuracy / macro-F1 mean ± std per model x method x dataset,
+  best bold, second underlined, † against a baseline, n, average rank.
+- table3: standalone protocol; accuracy, macro-F1, silhouette, total time, time per epoch, epochs.
+- table4: G-Loss against its closest competitor: silhouette and time per epoch, % difference.
+- table5: ours beside the published numbers (analysis/data/paper_table5.csv).
+- table9: G-Loss against every other method: paired t-tests with stars, per dataset.
+- ranks: Friedman + Nemenyi across datasets; aggregate: mean over datasets with bootstrap CIs.
+
+Std is the sample std (ddof = 1); n is the number of seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import Runs, dedupe
+from analysis.stats import ALPHA, STAR_LEGEND, friedman_nemenyi, holm, paired_test, stars, stratified_bootstrap_ci
+from analysis.table import Table, fmt, mark_best, pm
+
+PAPER_DATASETS = {"mr": "MR", "r8": "R8", "r52": "R52", "ohsumed": "Ohsumed", "20ng": "20NG"}
+KEYS = ["sweep", "protocol", "dataset", "model", "method", "loss", "seed"]
+
+
+def scores(runs: Runs, metric: str, protocol: str | None = None) -> pd.DataFrame:
+    """Final `metric` of completed replicate runs, one per (sweep, method, dataset, model, seed)."""
+    frame = dedupe(runs.final(metric))
+    frame = frame.assign(protocol=frame.get("params.protocol", pd.Series("integrated", index=frame.index)))
+    if protocol is not None:
+        frame = frame[frame["protocol"] == protocol]
+    frame = frame[KEYS + ["value"]].copy()
+    frame["block"] = block_labels(frame)
+    return in_paper_order(frame)
+
+
+LOSS_ORDER = {"ce": 0, "scl": 1, "triplet": 2, "cosine": 3, "gloss": 4}
+
+
+def in_paper_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by dataset in the paper's order (others alphabetically after), then model, then method
+    (CE, SCL, triplet, cosine, G-Loss variants), then seed: tables list things in this order."""
+    known = list(PAPER_DATASETS)
+    dataset_rank = frame["dataset"].map(lambda d: (known.index(d.lower()), "") if d.lower() in known else (len(known), d))
+    loss_rank = frame["loss"].map(lambda loss: LOSS_ORDER.get(loss, len(LOSS_ORDER)))
+    order = sorted(range(len(frame)), key=lambda i: (frame["protocol"].iloc[i], dataset_rank.iloc[i], frame["model"].iloc[i],
+                                                     loss_rank.iloc[i], frame["method"].iloc[i], frame["seed"].iloc[i]))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def block_labels(frame: pd.DataFrame) -> pd.Series:
+    """The unit of comparison: the dataset, with the model and protocol when those vary."""
+    parts = [frame["dataset"].astype(str)]
+    for key in ("model", "protocol"):
+        if frame[key].nunique() > 1:
+            parts.append(frame[key].astype(str))
+    label = parts[0]
+    for part in parts[1:]:
+        label = label + " / " + part
+    return label
+
+
+def gloss_method(frame: pd.DataFrame, preferred: str | None = None) -> str | None:
+    """The G-Loss variant to compare: `preferred`, else the G-Loss method with the best mean."""
+    if preferred:
+        if preferred not in set(frame["method"]):
+            raise ValueError(f"method {preferred!r} is not in these runs; methods: {sorted(set(frame['method']))}")
+        return preferred
+    candidates = frame[frame["loss"] == "gloss"]
+    if candidates.empty:
+        return None
+    summary = candidates.groupby("method").agg(blocks=("block", "nunique"), mean=("value", "mean"))
+    return summary.sort_values(["blocks", "mean"], ascending=False).index[0]  # widest coverage, then best
+
+
+def matched(frame: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values of methods a and b on the seeds both have, in seed order."""
+    wide = frame[frame["method"].isin([a, b])].pivot_table(index="seed", columns="method", values="value")
+    if a not in wide or b not in wide:
+        return np.array([]), np.array([])
+    wide = wide[[a, b]].dropna().sort_index()
+    return wide[a].to_numpy(), wide[b].to_numpy()
+
+
+def _summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    return frame.groupby(by, sort=False)["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
+
+
+def _n_text(counts) -> str:
+    lo, hi = int(min(counts)), int(max(counts))
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+# ---- Table 2 -------------------------------------------------------------------------------------
+def table2(runs: Runs, baseline: str | None = "ce", alpha: float = ALPHA, decimals: int = 2) -> Table | None:
+    metrics = {"acc": scores(runs, "test_accuracy", "integrated"), "F1": scores(runs, "test_macro_f1", "integrated")}
+    if metrics["acc"].empty:
+        return None
+    datasets = list(dict.fromkeys(metrics["acc"]["dataset"]))
+    rows = metrics["acc"][["model", "method"]].drop_duplicates().to_numpy().tolist()
+    cells, numbers, marks = [], [], {}
+    means = {}
+    sig = {}  # (model, method, dataset, short) -> Holm p against the baseline
+    use_baseline = baseline if baseline in set(metrics["acc"]["method"]) else None
+    for short, frame in metrics.items():
+        summary = _summary(frame, ["model", "method", "dataset"])
+        for r in summary.itertuples():
+            means[(r.model, r.method, r.dataset, short)] = (round(100 * r.mean, decimals), 100 * r.std, r.n)
+        if use_baseline:
+            for (model, method), _ in frame.groupby(["model", "method"]):
+                if method == use_baseline:
+                    continue
+                ps = []
+                for dataset in datasets:
+                    part = frame[(frame["model"] == model) & (frame["dataset"] == dataset)]
+                    a, b = matched(part, method, use_baseline)
+                    ps.append(paired_test(a, b).p if len(a) >= 2 else math.nan)
+                for dataset, p in zip(datasets, holm(ps)):
+                    sig[(model, method, dataset, short)] = p
+    for model, method in rows:
+        row = {"Model": model, "Loss": method}
+        counts = []
+        for dataset in datasets:
+            for short in ("acc", "F1"):
+                mean, std, n = means.get((model, method, dataset, short), (math.nan, math.nan, 0))
+                p = sig.get((model, method, dataset, short))
+                dagger = "†" if p is not None and p < alpha else ""
+                row[f"{dataset} {short}"] = (pm(mean, std, decimals) + dagger) if n else "–"
+                numbers.append({"model": model, "method": method, "dataset": dataset, "metric": short,
+                                "mean": mean, "std": round(std, decimals) if n > 1 else math.nan, "n": n,
+                                "p_holm_vs_baseline": p})
+                counts.append(n) if n else None
+        row["n"] = _n_text(counts) if counts else "0"
+        cells.append(row)
+    frame = pd.DataFrame(cells)
+    acc_means = metrics["acc"].groupby(["model", "dataset", "method"])["value"].mean()
+    ranks = {}
+    for model in frame["Model"].unique():
+        per_dataset = acc_means.loc[model].unstack("method")
+        ranks.update({(model, m): v for m, v in per_dataset.rank(axis=1, ascending=False).mean().items()})
+    frame["avg rank (acc)"] = [fmt(ranks.get((m, l), math.nan), 2) for m, l in zip(frame["Model"], frame["Loss"])]
+    for model in frame["Model"].unique():
+        positions = [i for i, m in enumerate(frame["Model"]) if m == model]
+        for dataset in datasets:
+            for short in ("acc", "F1"):
+                column_means = pd.Series([means.get((model, frame["Loss"][i], dataset, short), (math.nan,))[0]
+                                          if i in positions else math.nan for i in range(len(frame))])
+                mark_best(frame, column_means, f"{dataset} {short}", positions, True, marks)
+    notes = [f"Test accuracy and macro-F1 (%), mean ± std (ddof=1) over n seeds of each cell's best configuration; "
+             "bold best, underlined second within each model.",
+             "avg rank: mean over datasets of each method's accuracy rank within its model (1 = best)."]
+    if use_baseline:
+        notes.append(f"†: differs from {use_baseline} (paired t-test over matched seeds, Holm across datasets, α={alpha}).")
+    return Table("table2", "Table 2: integrated protocol, test accuracy / macro-F1", frame,
+                 pd.DataFrame(numbers), marks, notes)
+
+
+# ---- Table 3 -------------------------------------------------------------------------------------
+TABLE3 = [  # column, metric, scale, decimals, higher is better, mean ± std?
+    ("Accuracy (%)", "test_accuracy", 100, 2, True, True),
+    ("Macro-F1 (%)", "test_macro_f1", 100, 2, True, True),
+    ("Silhouette", "test_macro_silhouette", 1, 4, True, True),
+    ("Total time (s)", "total_time_s", 1, 2, False, False),
+    ("Time/epoch (s)", "time_per_epoch_s", 1, 2, False, False),
+    ("Epochs", "best_epoch", 1, 1, False, False),
+]
+
+
+def table3(runs: Runs) -> Table | None:
+    frames = {metric: scores(runs, metric, "standalone") for _, metric, *_ in TABLE3}
+    base = frames["test_accuracy"]
+    if base.empty:
+        return None
+    order = base[["block", "method"]].drop_duplicates().to_numpy().tolist()
+    cells, numbers, means = [], [], {}
+    for column, metric, scale, decimals, _, spread in TABLE3:
+        for r in _summary(frames[metric], ["block", "method"]).itertuples():
+            means[(r.block, r.method, column)] = (round(scale * r.mean, decimals), scale * r.std, r.n)
+    for block, method in order:
+        row, record = {"Dataset": block, "Loss": method}, {"dataset": block, "method": method}
+        for column, metric, scale, decimals, _, spread in TABLE3:
+            mean, std, n = means.get((block, method, column), (math.nan, math.nan, 0))
+            row[column] = (pm(mean, std, decimals) if spread else fmt(mean, decimals)) if n else "–"
+            record[metric + "_mean"] = mean
+            if spread:
+                record[metric + "_std"] = round(std, decimals) if n > 1 else math.nan
+        record["n"] = means.get((block, method, "Accuracy (%)"), (0, 0, 0))[2]
+        row["n"] = str(record["n"])
+        cells.append(row)
+        numbers.append(record)
+    frame, marks = pd.DataFrame(cells), {}
+    for block in frame["Dataset"].unique():
+        positions = [i for i, b in enumerate(frame["Dataset"]) if b == block]
+        for column, metric, scale, decimals, higher, _ in TABLE3:
+            column_means = pd.Series([means.get((block, frame["Loss"][i], column), (math.nan,))[0] if i in positions
+                                      else math.nan for i in range(len(frame))])
+            mark_best(frame, column_means, column, positions, higher, marks)
+    notes = ["Standalone protocol: each loss alone, then a linear probe on frozen embeddings. Mean ± std (ddof=1) "
+             "over n seeds; times and epochs are means. Epochs: the early-stopping epoch (best validation "
+             "silhouette). Bold best, underlined second per dataset (lower is better for times and epochs)."]
+    return Table("table3", "Table 3: standalone protocol", frame, pd.DataFrame(numbers), marks, notes)
+
+
+# ---- Table 4 -------------------------------------------------------------------------------------
+def table4(runs: Runs, gloss: str | None = None, competitor: str | None = None) -> Table | None:
+    protocol = "standalone" if not scores(runs, "test_accuracy", "standalone").empty else "integrated"
+    acc = scores(runs, "test_accuracy", protocol)
+    sil = scores(runs, "test_macro_silhouette", protocol)
+    epoch = scores(runs, "time_per_epoch_s", protocol)
+    target = gloss_method(acc, gloss)
+    if target is None or acc["method"].nunique() < 2:
+        return None
+    cells, numbers = [], []
+    for block in acc["block"].unique():
+        part = acc[acc["block"] == block]
+        others = part[part["method"] != target].groupby("method")["value"].mean()
+        if others.empty or target not in set(part["method"]):
+            continue
+        rival = competitor if competitor in others.index else others.idxmax()
+
+        def mean(frame, method):
+            values = frame[(frame["block"] == block) & (frame["method"] == method)]["value"]
+            return float(values.mean()) if len(values) else math.nan
+
+        s_g, s_c, t_g, t_c = mean(sil, target), mean(sil, rival), mean(epoch, target), mean(epoch, rival)
+        s_g, s_c, t_g, t_c = round(s_g, 4), round(s_c, 4), round(t_g, 2), round(t_c, 2)
+        d_sil = round(100 * (s_g - s_c) / abs(s_c), 1) if s_c else math.nan
+        faster = round(100 * (t_c - t_g) / t_c, 1) if t_c else math.nan
+        cells.append({"Dataset": block, "Competitor": rival, f"Silhouette {target}": fmt(s_g, 4),
+                      "Silhouette competitor": fmt(s_c, 4), "Δ silhouette (%)": f"{d_sil:+.1f}" if d_sil == d_sil else "–",
+                      f"Time/epoch {target} (s)": fmt(t_g, 2), "Time/epoch competitor (s)": fmt(t_c, 2),
+                      "faster (%)": f"{faster:+.1f}" if faster == faster else "–"})
+        numbers.append({"dataset": block, "gloss": target, "competitor": rival, "silhouette_gloss": s_g,
+                        "silhouette_competitor": s_c, "silhouette_diff_pct": d_sil, "time_per_epoch_gloss_s": t_g,
+                        "time_per_epoch_competitor_s": t_c, "faster_pct": faster})
+    if not cells:
+        return None
+    notes = [f"{protocol} protocol. Competitor: {'the given method' if competitor else 'the non-G-Loss method with the best mean test accuracy on that dataset'}. "
+             "Δ silhouette = (G − C)/|C|; faster = (C − G)/C, both from the means shown."]
+    return Table("table4", f"Table 4: {target} against its closest competitor", pd.DataFrame(cells),
+                 pd.DataFrame(numbers), {}, notes)
+
+
+# ---- Table 5 -------------------------------------------------------------------------------------
+def published_table5() -> pd.DataFrame:
+    with resources.files("analysis").joinpath("data/paper_table5.csv").open(encoding="utf-8") as f:
+        return pd.read_csv(f, comment="#")
+
+
+def table5(runs: Runs, gloss: str | None = None, decimals: int = 2) -> Table | None:
+    published = published_table5()
+    datasets = [c for c in published.columns if c not in ("model", "source")]
+    acc = scores(runs, "test_accuracy")
+    rows = [{"Model": r["model"], **{d: fmt(r[d], decimals) for d in datasets}, "Source": r["source"]}
+            for _, r in published.iterrows()]
+    numbers = [{"model": r["model"], "source": r["source"], **{f"{d}_mean": r[d] for d in datasets}}
+               for _, r in published.iterrows()]
+    notes = ["Published rows: accuracy (%) as printed in the paper's Table 5 (analysis/data/paper_table5.csv cites "
+             "each source). Ours: test accuracy (%), mean ± std over n seeds."]
+    target = gloss_method(acc, gloss) if not acc.empty else None
+    if target is None:
+        return None
+    ours = acc[acc["method"] == target].assign(paper=lambda f: f["dataset"].str.lower().map(PAPER_DATASETS))
+    unmatched = sorted(set(ours.loc[ours["paper"].isna(), "dataset"]))
+    for model, part in ours[ours["paper"].notna()].groupby("model", sort=False):
+        summary = _summary(part, ["paper"]).set_index("paper")
+        row, record = {"Model": f"{target} + {model} (ours)"}, {"model": f"{target} + {model}", "source": "this run"}
+        for d in datasets:
+            if d in summary.index:
+                s = summary.loc[d]
+                row[d] = pm(round(100 * s["mean"], decimals), 100 * s["std"], decimals) + f" (n={int(s['n'])})"
+                record[f"{d}_mean"], record[f"{d}_std"] = round(100 * s["mean"], decimals), round(100 * s["std"], decimals)
+            else:
+                row[d] = "–"
+        row["Source"] = "this run"
+        rows.append(row)
+        numbers.append(record)
+    if unmatched:
+        notes.append(f"datasets not in the published table, left out: {unmatched}")
+    return Table("table5", "Table 5: ours beside published accuracy (%)", pd.DataFrame(rows),
+                 pd.DataFrame(numbers), {}, notes)
+
+
+# ---- Table 9 -------------------------------------------------------------------------------------
+def table9(runs: Runs, metric: str = "test_accuracy", gloss: str | None = None, alpha: float = ALPHA) -> Table | None:
+    frame = scores(runs, metric)
+    target = gloss_method(frame, gloss)
+    if target is None:
+        return None
+    cells, numbers = [], []
+    for rival in [m for m in dict.fromkeys(frame["method"]) if m != target]:
+        results = []
+        for block in frame["block"].unique():
+            a, b = matched(frame[frame["block"] == block], target, rival)
+            if len(a):
+                results.append((block, paired_test(a, b, alpha)))
+        adjusted = holm([r.p for _, r in results])
+        for (block, r), p_holm in zip(results, adjusted):
+            numbers.append({"dataset": block, "gloss": target, "baseline": rival, "n": r.n,
+                            "mean_gloss": round(100 * r.mean_a, 2), "mean_baseline": round(100 * r.mean_b, 2),
+                            "diff": round(100 * r.diff, 2), "ci_low": round(100 * r.ci_low, 2),
+                            "ci_high": round(100 * r.ci_high, 2), "t": round(r.t, 3), "p": r.p, "p_holm": p_holm,
+                            "d_z": round(r.dz, 2), "p_better": round(r.p_better, 2), "wilcoxon_p": r.wilcoxon_p,
+                            "stars": stars(p_holm), "note": r.note})
+            cells.append({"Dataset": block, "Comparison": f"{target} vs {rival}", "n": str(r.n),
+                          target: fmt(100 * r.mean_a, 2), "baseline": fmt(100 * r.mean_b, 2),
+                          "Δ": f"{100 * r.diff:+.2f}", "95% CI": f"[{fmt(100 * r.ci_low, 2)}, {fmt(100 * r.ci_high, 2)}]",
+                          "t": fmt(r.t, 2), "p": _p(r.p), "p (Holm)": _p(p_holm) + stars(p_holm),
+                          "d_z": fmt(r.dz, 2), "P(G>B)": fmt(r.p_better, 2),
+                          "Wilcoxon p": _p(r.wilcoxon_p) if r.wilcoxon_p is not None else f"n<6"})
+    if not cells:
+        return None
+    notes = [f"{metric} (%), paired over matched seeds. Δ and its 95% t-interval: {target} minus the baseline. "
+             "Holm correction across datasets, per comparison. " + STAR_LEGEND + ".",
+             "d_z: mean difference / sd of differences. P(G>B): share of seeds where G-Loss wins (ties half).",
+             "Wilcoxon signed-rank only for n ≥ 6: below that its smallest two-sided p is ≥ 0.0625."]
+    return Table("table9", f"Table 9: {target} against each baseline, paired t-tests", pd.DataFrame(cells),
+                 pd.DataFrame(numbers), {}, notes)
+
+
+def _p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "–"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
+
+
+# ---- across datasets -----------------------------------------------------------------------------
+def rank_groups(runs: Runs, metric: str = "test_accuracy") -> list[tuple[str, pd.DataFrame]]:
+    """Per (protocol, model): datasets x methods of the mean over seeds (Demsar's unit)."""
+    frame = scores(runs, metric)
+    out = []
+    for (protocol, model), part in frame.groupby(["protocol", "model"], sort=False):
+        wide = part.groupby(["dataset", "method"])["value"].mean().unstack("method")
+        complete = wide.dropna(axis=1)  # methods run on every dataset; else datasets every method ran on
+        wide = complete if complete.shape[1] >= 2 else wide.dropna()
+        if wide.shape[1] >= 2 and len(wide):
+            out.append((f"{protocol} / {model}", wide))
+    return out
+
+
+def ranks_table(runs: Runs, metric: str = "test_accuracy", alpha: float = ALPHA) -> tuple[Table | None, dict]:
+    cells, numbers, tests = [], [], {}
+    for label, wide in rank_groups(runs, metric):
+        result = friedman_nemenyi(wide, True, alpha)
+        tests[label] = result
+        for method, rank in result.ranks.items():
+            cells.append({"Group": label, "Method": method, "avg rank": fmt(rank, 2), "N datasets": str(result.n_blocks),
+                          "Friedman p": _p(result.friedman_p), f"CD (α={alpha})": fmt(result.cd, 2)})
+            numbers.append({"group": label, "method": method, "avg_rank": round(rank, 2), "n_datasets": result.n_blocks,
+                            "friedman_chi2": result.friedman_chi2, "friedman_p": result.friedman_p,
+                            "iman_davenport_p": result.iman_davenport_p, "cd": round(result.cd, 2)})
+    if not cells:
+        return None, tests
+    notes = [f"{metric}: per-dataset means over seeds ranked within each dataset (1 = best), Friedman's test, "
+             "Nemenyi's critical difference (two methods differ when their average ranks differ by more than CD)."]
+    for label, result in tests.items():
+        notes += [f"{label}: {note}" for note in result.notes]
+    return Table("ranks", "Average ranks across datasets (Friedman + Nemenyi)", pd.DataFrame(cells),
+                 pd.DataFrame(numbers), {}, notes), tests
+
+
+def aggregate_table(runs: Runs, metric: str = "test_accuracy", reps: int = 10000) -> Table | None:
+    frame = scores(runs, metric)
+    cells, numbers = [], []
+    for (protocol, model, method), part in frame.groupby(["protocol", "model", "method"], sort=False):
+        per_dataset = {d: g["value"].to_numpy() for d, g in part.groupby("dataset")}
+        point, low, high = stratified_bootstrap_ci(per_dataset, reps=reps)
+        n = _n_text([len(v) for v in per_dataset.values()])
+        cells.append({"Protocol / model": f"{protocol} / {model}", "Method": method, "datasets": str(len(per_dataset)),
+                      "seeds": n, "mean (%)": fmt(100 * point, 2),
+                      "95% bootstrap CI": f"[{fmt(100 * low, 2)}, {fmt(100 * high, 2)}]"})
+        numbers.append({"group": f"{protocol} / {model}", "method": method, "datasets": len(per_dataset),
+                        "mean": round(100 * point, 2), "ci_low": round(100 * low, 2), "ci_high": round(100 * high, 2)})
+    if not cells:
+        return None
+    notes = [f"{metric}: mean over datasets of the per-dataset mean over seeds; percentile bootstrap CI with seeds "
+             f"resampled within each dataset ({reps} resamples, seed 0). With 3-5 seeds a percentile bootstrap "
+             "is too narrow: read it as bootstrap CI (n = seeds), not as a guarantee."]
+    return Table("aggregate", "Mean over datasets with bootstrap CIs", pd.DataFrame(cells), pd.DataFrame(numbers),
+                 {}, notes)
