@@ -25,6 +25,7 @@ from rich.table import Table
 
 from gloss_core.provenance import git_commit, package_versions
 from sweeps.cells import CellASHA, CellSearcher
+from sweeps.resilience import RetryingClient, redact
 from sweeps.spec import SpaceSampler, SweepSpec
 from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, default_tracking_uri, experiment_id, parent_run
 from trainables.trainable import gloss_trainable
@@ -92,7 +93,7 @@ class SweepRunner:
         self.spec = spec
         self.uri = tracking_uri or spec.tracking_uri or default_tracking_uri()
         self.storage = Path(storage_path or spec.storage_path or "ray_results").resolve() / spec.name
-        self.client = MlflowClient(self.uri)
+        self.client = RetryingClient(MlflowClient(self.uri))  # phase-boundary calls wait out an outage
         self.exp_id = experiment_id(self.client, spec.name)
         self.cells = spec.cells()
 
@@ -142,7 +143,8 @@ class SweepRunner:
         tags = {c["name"]: {"sweep": self.spec.name, "cell": c["name"], "dataset": c["dataset"], "model": c["model"],
                             "loss": c["loss"], "seed": str(c["seed"])} for c in self.cells}
         self.parents = parents
-        return MLflowTrialLogger(self.uri, self.exp_id, parents, tags, phase)
+        return MLflowTrialLogger(self.uri, self.exp_id, parents, tags, phase,
+                                 unlogged_path=str(self.storage / f"mlflow_unlogged_{phase}.json"))
 
     def search(self, resume: bool) -> dict:
         spec = self.spec
@@ -262,7 +264,9 @@ class SweepRunner:
         tags = {"sweep": self.spec.name, "kind": "summary", "phase": "summary", "git_commit": git_commit(),
                 "package_versions": json.dumps(package_versions())}
         run_id = self.client.create_run(self.exp_id, run_name="summary", tags=tags).info.run_id
-        self.client.log_dict(run_id, self.spec.model_dump(mode="json", by_alias=True), "spec.json")
+        spec = self.spec.model_dump(mode="json", by_alias=True)
+        spec["tracking_uri"] = redact(spec["tracking_uri"]) if spec.get("tracking_uri") else None
+        self.client.log_dict(run_id, spec, "spec.json")
         return run_id
 
 
@@ -270,6 +274,9 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None) -> dict:
     """Start (or join) Ray, run every phase, shut Ray down if this call started it."""
     started = False
+    # fail fast on an unreachable server: the sweep's own queue and retries take over (resilience.py)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

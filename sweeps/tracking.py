@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from pathlib import Path
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 from rich.console import Console
+
+from sweeps.resilience import WriteQueue
 
 from trainables.trainable import flat_config
 
@@ -92,13 +95,19 @@ class MLflowTrialLogger(LoggerCallback):
     """
 
     def __init__(self, tracking_uri: str, experiment: str, parents: dict[str, str], cell_tags: dict[str, dict],
-                 phase: str):
+                 phase: str, unlogged_path: str | None = None, flush_timeout_s: float = 120.0):
         self.tracking_uri, self.experiment, self.phase = tracking_uri, experiment, phase
         self.parents, self.cell_tags = parents, cell_tags
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.curves: dict[str, list] = {}
         self.ended: set[str] = set()
+        self.unlogged_path, self.flush_timeout_s = unlogged_path, flush_timeout_s
         self._client = None
+        self._tagged: dict[str, set] = {}
+        self.queue = WriteQueue()
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks: queued closures and the client stay behind
+        return {**self.__dict__, "_client": None, "queue": WriteQueue()}
 
     @property
     def client(self) -> MlflowClient:
@@ -137,20 +146,39 @@ class MLflowTrialLogger(LoggerCallback):
         self.runs[trial.trial_id] = run_id
         return run_id
 
+    # Tune's hooks only queue the writes; the queue retries them while MLflow is unreachable.
     def log_trial_start(self, trial) -> None:
+        self.queue.submit(trial.trial_id, "start", lambda: self._start(trial))
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        result = dict(result)
+        self.queue.submit(trial.trial_id, f"result {result.get('epoch', iteration)}",
+                          lambda: self._result(iteration, trial, result))
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        self.queue.submit(trial.trial_id, "end", lambda: self._end(trial, failed))
+
+    def on_step_end(self, iteration: int, trials, **info) -> None:
+        if len(self.queue):
+            self.queue.drain()
+
+    def _start(self, trial) -> None:
         run_id = self._run_id(trial)
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "ended", "running")
 
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+    def _result(self, iteration: int, trial, result: dict) -> None:
         run_id = self._run_id(trial)
+        if isinstance(result.get("node_id"), str) and "node_id" not in self._tagged.setdefault(trial.trial_id, set()):
+            self.client.set_tag(run_id, "node_id", result["node_id"])
+            self._tagged[trial.trial_id].add("node_id")
         values = numeric_metrics(result)
         if result.get("final"):  # the replicate's closing report: test metrics, not one more epoch
             step = int(result.get("epochs_run", iteration))
             values = {("final_" + k if k.startswith("val_") else k): v for k, v in values.items()}
         else:
             step = int(result.get("epoch", iteration))
-        ts = int(time.time() * 1000)
+        ts = int(float(result.get("timestamp") or time.time()) * 1000)  # when the trial reported, not when logged
         metrics = [Metric(k, v, ts, step) for k, v in values.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
@@ -159,7 +187,7 @@ class MLflowTrialLogger(LoggerCallback):
             curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
             curve.append({k: v for k, v in numeric_metrics(result).items() if k == "epoch" or k.startswith("val_")})
 
-    def log_trial_end(self, trial, failed: bool = False) -> None:
+    def _end(self, trial, failed: bool) -> None:
         run_id = self._run_id(trial)
         last = trial.last_result or {}
         if failed:
@@ -199,7 +227,13 @@ class MLflowTrialLogger(LoggerCallback):
             self.client.set_tag(run_id, "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.close_open_runs(trials)
+        self.queue.flush(self.flush_timeout_s)
+        try:
+            self.close_open_runs(trials)
+        except Exception as err:  # noqa: BLE001 - the runner closes leftovers again at the end
+            self.queue.lost.append({"trial_id": "*", "write": "close open runs", "error": str(err)[:1000]})
+        if self.unlogged_path:
+            self.queue.record_lost(Path(self.unlogged_path))
 
     def close_open_runs(self, trials) -> None:
         """Runs of trials that did not end (interrupted sweep) are closed as KILLED, to be reopened

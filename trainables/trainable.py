@@ -4,7 +4,8 @@ The trial config is a flat `TrainConfig` dict plus bookkeeping keys that start w
 phase, ...), which the trainable drops. Each epoch reports its metrics with a checkpoint;
 `tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
 normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from
-"stopped early by ASHA". With `_artifacts`, the replicate trial's final report carries a checkpoint
+"stopped early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and
+whether this attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or restore). With `_artifacts`, the replicate trial's final report carries a checkpoint
 whose `artifacts/` folder holds the test embeddings and one batch's adjacency per epoch. NaN metrics and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
@@ -14,6 +15,7 @@ import math
 import os
 import tempfile
 
+import ray
 import torch
 from ray import tune
 
@@ -46,15 +48,18 @@ def gloss_trainable(config: dict) -> None:
     if artifacts is not None:  # test embeddings and adjacency, handed over in the final checkpoint
         run_config.artifacts_dir = os.path.join(artifacts.name, "artifacts")
 
+    checkpoint = tune.get_checkpoint()
+    where = {"node_id": ray.get_runtime_context().get_node_id(),  # which node ran it (a tag in MLflow)
+             "resumed_from_checkpoint": 1.0 if checkpoint is not None else 0.0}
+
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
         bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k != "val_macro_silhouette"]
         if bad:
             raise TrialFailed(f"NaN metric(s) {bad} at epoch {metrics.get('epoch')}")
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, **where}, checkpoint=checkpoint)
 
-    checkpoint = tune.get_checkpoint()
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
