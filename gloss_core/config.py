@@ -80,7 +80,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.loss not in PROTOCOL_LOSSES[self.protocol]:
-            raise ValueError(f"loss {self.loss!r} is not a {self.protocol} loss; use one of {PROTOCOL_LOSSES[self.protocol]}")
+            raise ValueError(f"loss {self.loss!r} is not a loss of the {self.protocol} protocol; use one of {PROTOCOL_LOSSES[self.protocol]}")
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

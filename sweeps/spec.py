@@ -167,7 +167,7 @@ class SweepSpec(Strict):
         allowed = PROTOCOL_LOSSES[self.protocol]
         for name, variant in self.losses.items():
             if variant.loss not in allowed:
-                raise ValueError(f"losses.{name}.loss: {variant.loss!r} is not a {self.protocol} loss; allowed: {list(allowed)}")
+                raise ValueError(f"losses.{name}.loss: {variant.loss!r} is not a loss of the {self.protocol} protocol; allowed: {list(allowed)}")
         if self.metric is None:
             self.metric = DEFAULT_METRIC[self.protocol]
         if not self.seeds:

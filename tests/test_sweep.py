@@ -182,7 +182,7 @@ def test_spec_errors_name_the_key(tmp_path, tiny_model):
         with pytest.raises(SpecError, match=match):
             load_spec(path)
 
-    bad({"losses": {"x": {"loss": "triplet"}}}, r"losses\.x\.loss: 'triplet' is not a integrated loss")
+    bad({"losses": {"x": {"loss": "triplet"}}}, r"losses\.x\.loss: 'triplet' is not a loss of the integrated protocol")
     bad({"asha": {"max_t": 0}}, r"asha\.max_t")
     bad({"search": {"num_samples": 2, "workers": 3}}, r"search\.workers: Extra inputs are not permitted")
     bad({"losses": {"x": {"loss": "ce", "space": {"lr": {"loguniform": [1e-3, 1e-5]}}}}}, "low < high")

@@ -219,7 +219,7 @@ def test_schedules():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="loss 'triplet' is not a integrated loss"):
+    with pytest.raises(ValueError, match="loss 'triplet' is not a loss of the integrated protocol"):
         TrainConfig(loss="triplet")
     with pytest.raises(ValueError, match="protocol must be one of"):
         TrainConfig(protocol="joint")

@@ -1,0 +1,128 @@
+"""No Docker engine runs here, so the Docker files are kept honest by reading them: what they
+reference must exist (build context, copied paths, extras, commands and their flags, services,
+ports, volumes, env vars), and the safe defaults must hold (loopback ports, no password in a
+command line, a non-root user)."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def dockerfile_lines():
+    return [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines()]
+
+
+def test_dockerfile_copies_what_exists_and_installs_the_cluster_extra():
+    lines = dockerfile_lines()
+    copies = [line.split()[1:-1] for line in lines if line.startswith("COPY")]
+    for sources in copies:
+        for source in sources:
+            assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the build context"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = [line for line in lines if line.startswith("RUN pip install \".[")]
+    assert installed and all(re.search(r"\.\[(\w+)\]", line).group(1) in extras for line in installed)
+    assert any(line.startswith("ARG TORCH_SPEC=") for line in lines)  # CPU or CUDA by build argument
+    assert "USER gloss" in lines
+    packaged = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()}
+    copied = {s.rstrip("/") for sources in copies for s in sources}
+    assert {"gloss_core", "trainables", "sweeps", "analysis"} <= packaged & copied
+
+
+def test_compose_services_build_the_image_and_wire_up(compose):
+    services = compose["services"]
+    assert {"postgres", "mlflow", "ray-head", "ray-worker"} <= set(services)
+    for name, service in services.items():
+        if "build" in service:
+            build = service["build"]
+            context = (DOCKER / build["context"]).resolve()
+            assert context == REPO and (context / build["dockerfile"]).is_file()
+    # MLflow's store is the postgres service, with its user, database and port
+    pg = services["postgres"]["environment"]
+    store = services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert re.match(rf"postgresql://{pg['POSTGRES_USER']}:\$\{{POSTGRES_PASSWORD[^}}]*\}}@postgres:5432/{pg['POSTGRES_DB']}$", store)
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # the Ray services log to the mlflow service, and workers join the head's port
+    head_port = services["ray-head"]["command"][services["ray-head"]["command"].index("--port") + 1]
+    mlflow_port = services["mlflow"]["command"][services["mlflow"]["command"].index("--port") + 1]
+    for name in ("ray-head", "ray-worker", "ray-worker-cpu"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
+    for name in ("ray-worker", "ray-worker-cpu"):
+        command = services[name]["command"]
+        assert command[command.index("--address") + 1] == f"ray-head:{head_port}"
+    assert head_port != "6379"
+    devices = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    declared = set(compose["volumes"])
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith(("$", ".", "/")):
+                assert source in declared, f"volume {source} is not declared"
+
+
+def test_published_ports_bind_loopback_and_no_secret_on_a_command_line(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        assert "PASSWORD" not in " ".join(map(str, service.get("command", []))), name
+
+
+def test_env_vars_are_documented_in_env_example():
+    text = (DOCKER / "compose.yaml").read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    example = {line.split("=")[0].lstrip("# ") for line in (DOCKER / ".env.example").read_text().splitlines()
+               if "=" in line}
+    assert used <= example, f"undocumented: {sorted(used - example)}"
+    readme = (REPO / "README.md").read_text()
+    assert "POSTGRES_PASSWORD" in readme and "docker compose" in readme
+
+
+def _flags(command: list[str]) -> list[str]:
+    return [c for c in command if isinstance(c, str) and c.startswith("--")]
+
+
+@pytest.mark.parametrize("service", ["mlflow", "ray-head", "ray-worker", "ray-worker-cpu"])
+def test_service_commands_exist_with_their_flags(compose, service):
+    command = compose["services"][service]["command"]
+    program, sub = command[0], command[1]
+    assert (BIN / program).is_file(), f"{program} is not installed by the project"
+    help_text = subprocess.run([str(BIN / program), sub, "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in _flags(command):
+        assert re.search(rf"{re.escape(flag)}\b", help_text), f"`{program} {sub}` has no {flag}"
+    env = compose["services"][service].get("environment", {})
+    if program == "mlflow":  # options given through the environment must be ones mlflow server reads
+        import mlflow.cli
+
+        read = {p.envvar for p in mlflow.cli.server.params if p.envvar}
+        assert {k for k in env if k.startswith("MLFLOW_") and k != "MLFLOW_TRACKING_URI"} <= read
+
+
+def test_readme_commands_for_the_cluster_exist():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Docker"):]
+    section = section[:section.index("\n## ", 5)]
+    for spec in re.findall(r"sweeps/specs/[\w.]+\.yaml", section):
+        assert (REPO / spec).is_file(), spec
+    assert "docker compose up" in section and "ray job submit" in section
+
+
+def test_readme_fault_table_names_real_tests():
+    readme = (REPO / "README.md").read_text()
+    named = re.findall(r"`(test_\w+)\.py::(test_\w+)`", readme)
+    assert len(named) >= 5
+    for module, name in named:
+        assert re.search(rf"^def {name}\(", (REPO / "tests" / f"{module}.py").read_text(), re.M), f"{module}::{name}"

@@ -1,0 +1,84 @@
+"""Safe defaults: checkpoints load with weights_only=True, YAML with safe_load, servers in the docs
+bind loopback, and passwords in tracking URIs never reach the logs or the MLflow store."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from gloss_core.checkpoint import load_checkpoint, save_checkpoint
+from sweeps.resilience import redact
+from sweeps.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [p for folder in ("gloss_core", "trainables", "sweeps", "analysis", "bench") for p in (REPO / folder).rglob("*.py")]
+SOURCES.append(REPO / "gloss_cli.py")
+
+
+def calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            yield f"{node.func.value.id}.{node.func.attr}", node
+
+
+def test_torch_load_only_with_weights_only_and_yaml_only_safe():
+    seen_torch_load = False
+    for path in SOURCES:
+        for name, node in calls(path):
+            if name == "torch.load":
+                seen_torch_load = True
+                flags = {k.arg: k.value for k in node.keywords}
+                assert isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True, path
+            assert name not in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"), f"{path}: {name}"
+            if name == "pickle.load":  # only the searcher state Tune saved in the sweep's own storage
+                assert path.name == "cells.py", f"{path}: pickle.load"
+    assert seen_torch_load
+
+
+def test_checkpoint_refuses_arbitrary_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    save_checkpoint(tmp_path, {"epoch": 1, "weights": torch.zeros(2)})
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    torch.save({"epoch": 1, "payload": Evil()}, save_checkpoint(tmp_path, {}))
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        load_checkpoint(tmp_path)
+
+
+def test_servers_in_the_docs_bind_loopback():
+    readme = (REPO / "README.md").read_text()
+    for line in readme.splitlines():
+        if re.search(r"\bray start --head\b", line):
+            assert "--dashboard-host 127.0.0.1" in line, line
+        if re.search(r"\bmlflow (server|ui)\b.*--host", line):
+            assert "--host 127.0.0.1" in line, line
+        assert "0.0.0.0" not in line or "compose" in line.lower(), line
+
+
+def test_redact_hides_passwords():
+    assert redact("postgresql://u:pw@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact("http://a:b@host:5000 and https://c:d@e/") == "http://a:***@host:5000 and https://c:***@e/"
+    assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_a_password_in_the_spec_never_reaches_the_store(tmp_path):
+    from sweeps.runner import SweepRunner
+
+    path = tmp_path / "s.yaml"
+    path.write_text((REPO / "sweeps/specs/demo.yaml").read_text()
+                    + "\ntracking_uri: http://gloss:TOPSECRET@127.0.0.1:1/\n")
+    spec = load_spec(path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    runner = SweepRunner(spec, uri, str(tmp_path / "ray_results"))
+    run_id = runner._summary_run()
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    stored = json.dumps(run.data.tags) + json.dumps(run.data.params)
+    stored += Path(client.download_artifacts(run_id, "spec.json", str(tmp_path))).read_text()
+    assert "TOPSECRET" not in stored and "gloss:***@127.0.0.1" in stored
