@@ -19,6 +19,8 @@ import pandas as pd
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from sweeps.resilience import redact
+
 ID_COLUMNS = ["sweep", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id", "ended",
               "status", "run_id"]
 HISTORY_PREFIXES = ("val_", "train_", "time_", "epoch_time")  # per-epoch metrics (step = epoch)
@@ -121,7 +123,7 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
         exp = client.get_experiment_by_name(name)
         if exp is None:
             known = sorted(e.name for e in client.search_experiments())
-            raise LookupError(f"no experiment {name!r} at {tracking_uri}; experiments there: {known}")
+            raise LookupError(f"no experiment {name!r} at {redact(tracking_uri)}; experiments there: {known}")
         sweeps[name] = _sweep_record(client, exp.experiment_id, name)
         for run in _paged(client, [exp.experiment_id], "tags.kind = 'trial'"):
             tags, params = run.data.tags, run.data.params

@@ -151,6 +151,8 @@ def ablation(points: pd.DataFrame, param: str, metric: str, folder: Path, footer
         ax.errorbar(part["x"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3,
                     label=f"{block} (n={int(part['n'].min())}-{int(part['n'].max())})")
     ax.set_xlabel(param)
+    if param in ("sigma", "sigma_scale") and points["x"].min() > 0 and points["x"].max() / points["x"].min() >= 4:
+        ax.set_xscale("log")  # multipliers of the kernel width
     ax.set_ylabel(metric)
     ax.set_title(f"Ablation of {param}: mean ± std over seeds", fontsize=10)
     ax.legend(fontsize=7)

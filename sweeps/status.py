@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
+from sweeps.resilience import redact
 from sweeps.tracking import default_tracking_uri
 
 STATES = ("completed", "running", "stopped_early", "failed", "interrupted")
@@ -13,7 +14,7 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
     client = MlflowClient(tracking_uri or default_tracking_uri())
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise LookupError(f"no sweep named {name!r} in {tracking_uri or default_tracking_uri()}")
+        raise LookupError(f"no sweep named {name!r} in {redact(tracking_uri or default_tracking_uri())}")
     runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'", max_results=50000)
     rows: dict[tuple[str, str], dict] = {}
     for run in runs:
