@@ -218,3 +218,20 @@ def adjacency(matrices: dict[int, np.ndarray], labels: np.ndarray, title: str, f
     fig.colorbar(image, ax=axes, shrink=0.8, label="affinity")
     fig.suptitle(title, fontsize=10)
     return save(fig, folder, name, footer)
+
+
+def importance(scores: pd.DataFrame, folder: Path, footer: str) -> list[Path]:
+    """`scores`: rows with cell, param, importance, trials (fANOVA, one panel per cell)."""
+    if scores.empty:
+        return []
+    cells = list(dict.fromkeys(scores["cell"]))
+    fig, axes = _grid(len(cells), 4.2, 0.8 + 0.45 * scores["param"].nunique())
+    for ax, cell in zip(axes, cells):
+        part = scores[scores["cell"] == cell].sort_values("importance")
+        ax.barh(part["param"], part["importance"], color="tab:purple")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{cell} ({int(part['trials'].iloc[0])} full-budget trials)", fontsize=8)
+        ax.set_xlabel("fANOVA importance")
+    fig.suptitle("Hyperparameter importance in the search phase (fANOVA over full-budget trials)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, folder, "param_importance", footer)

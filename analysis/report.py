@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis import plots
+from analysis.importance import param_importances
 from analysis.load import Runs, load_runs
 from analysis.sensitivity import ablation_points, families, tornado_bars
 from analysis.tables import (aggregate_table, block_labels, gloss_method, in_paper_order, ranks_table, scores, table2,
@@ -151,6 +152,9 @@ def build(runs: Runs, out: Path, gloss: str | None = None, baseline: str | None 
             figures.append((f"Tornado around {base}, {block} ({name})",
                             plots.tornado(frame, centre, block, sensitivity_metric, figures_dir / name,
                                           f"tornado_{slug(block)}", footer)))
+    paths = plots.importance(param_importances(runs), figures_dir, footer)
+    if paths:
+        figures.append(("Hyperparameter importance (search phase, fANOVA)", paths))
     target = gloss_method(scores(runs, metric), gloss) if not runs.runs.empty else None
     figures += _artifact_figures(runs, target, figures_dir, footer)
     return {"tables": tables, "figures": figures, "footer": footer, "problems": runs.problems, "tests": tests}

@@ -73,8 +73,10 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     exp = client.create_experiment("paper", artifact_location=str(folder / "artifacts"))
-    log_summary(client, exp, "paper", {"losses": {"ce": {"loss": "ce", "space": {"lr": {"choice": [1e-5, 2e-5]}}}},
-                                       "search": {"num_samples": 4}, "asha": {"max_t": 5}})
+    space = {"lr": {"loguniform": [1e-5, 1e-3]}, "gamma": {"choice": [0.5, 0.7, 0.9]}}
+    log_summary(client, exp, "paper", {"losses": {"ce": {"loss": "ce", "space": {"lr": {"choice": [1e-5, 2e-5]}}},
+                                                  "gloss_o_ce": {"loss": "gloss", "space": space}},
+                                       "search": {"num_samples": 4}, "asha": {"max_t": 5}, "metric": "val_macro_f1"})
     rng = np.random.default_rng(0)
     for dataset in DATASETS:
         for method, loss in METHODS.items():
@@ -97,7 +99,14 @@ def store(tmp_path_factory):
                          "time_per_epoch_s": 20.0 + 5 * list(sl).index(method),
                          "total_time_s": 500.0 + seed, "best_epoch": 10 + seed, "epochs_run": 12},
                         protocol="standalone")
-    # a search run and a failed run: counted in the footer and the checks, never in the tables
+    # search runs: the score depends on gamma only (fANOVA must say so); one truncated by ASHA
+    for i in range(12):
+        lr, gamma = 10 ** rng.uniform(-5, -3), [0.5, 0.7, 0.9][i % 3]
+        log_run(client, exp, "paper", "search", "gloss_o_ce", "gloss", "MR", "bert-base", 0,
+                {"val_macro_f1": 0.6 + 0.3 * (gamma == 0.7) + rng.normal(0, 0.001)}, params={"lr": lr, "gamma": gamma})
+    log_run(client, exp, "paper", "search", "gloss_o_ce", "gloss", "MR", "bert-base", 0, {"val_macro_f1": 0.1},
+            params={"lr": 1e-4, "gamma": 0.7}, ended="stopped_early")
+    # a failed run: counted in the footer and the checks, never in the tables
     log_run(client, exp, "paper", "search", "ce", "ce", "MR", "bert-base", 0, {"val_macro_f1": 0.5})
     log_run(client, exp, "paper", "replicate", "ce", "ce", "MR", "bert-base", 9, {}, ended="failed")
 
@@ -291,7 +300,7 @@ def test_report_writes_every_table_and_figure(store, tmp_path):
     figures = {p[0].stem: p for _, p in built["figures"]}
     for stem in ("learning_curves_val_macro_f1", "cd_diagram_integrated_bert_base", "cd_diagram_standalone_bert_base",
                  "timing_breakdown", "tornado_", "ablation_sigma_scale", "ablation_lam", "ablation_gamma", "tsne_",
-                 "adjacency_"):
+                 "adjacency_", "param_importance"):
         match = [k for k in figures if k.startswith(stem)]
         assert match, f"figure {stem} missing; have {sorted(figures)}"
         png, pdf = figures[match[0]]
@@ -299,7 +308,8 @@ def test_report_writes_every_table_and_figure(store, tmp_path):
         assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF")
     assert "git abc123def456" in built["footer"] and "torch 2.13.0" in built["footer"]
     assert "seeds [1, 2, 3, 4, 5, 6, 9]" in built["footer"] or "seeds [0, 1, 2, 3, 4, 5, 6, 9]" in built["footer"]
-    assert '"lr":{"choice"' in built["footer"]
+    assert '"lr":{"choice"' in built["footer"] and "12 search" not in built["footer"]
+    assert "trials: 14 search" in built["footer"]
 
 
 def test_tornado_orders_by_swing(store, tmp_path):
@@ -333,3 +343,11 @@ def test_cli_report_and_errors(store, tmp_path):
     bad = subprocess.run([GLOSS, "analyze", "report", "-e", "missing", "--tracking-uri", uri, "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no experiment 'missing'" in bad.stdout
+
+
+def test_param_importance_uses_full_budget_trials_only(runs):
+    from analysis.importance import param_importances
+
+    scores = param_importances(runs).set_index("param")
+    assert set(scores.index) == {"lr", "gamma"} and (scores["trials"] == 12).all()
+    assert scores.loc["gamma", "importance"] > 0.8 > scores.loc["lr", "importance"]

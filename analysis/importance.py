@@ -1,0 +1,72 @@
+"""Hyperparameter importance from a sweep's search phase (fANOVA through Optuna).
+
+Each cell's Optuna study is rebuilt from its MLflow search runs. Only trials that ran the full
+budget count ("completed", not stopped by ASHA): a truncated trial's metric is not comparable.
+A trial's value is its last reported metric, the value Optuna itself recorded.
+TPE samples the promising region more densely, so the importances describe the explored region,
+not the whole space. This is the global counterpart of the one-at-a-time tornado.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pandas as pd
+
+from analysis.load import Runs
+
+
+def distribution(spec: dict):
+    if spec.get("loguniform"):
+        return optuna.distributions.FloatDistribution(*spec["loguniform"], log=True)
+    if spec.get("uniform"):
+        return optuna.distributions.FloatDistribution(*spec["uniform"])
+    if spec.get("int"):
+        return optuna.distributions.IntDistribution(*spec["int"])
+    return optuna.distributions.CategoricalDistribution(spec["choice"])
+
+
+def inside(dist, value) -> bool:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return value in dist.choices
+    return isinstance(value, (int, float)) and dist.low <= value <= dist.high
+
+
+def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Rows: sweep, cell, dataset, model, method, param, importance, trials (one row per param)."""
+    rows = []
+    frame = runs.runs
+    if frame.empty:
+        return pd.DataFrame(columns=["sweep", "cell", "dataset", "model", "method", "param", "importance", "trials"])
+    search = frame[(frame["phase"] == "search") & (frame["ended"] == "completed")]
+    for name, sweep in runs.sweeps.items():
+        metric = sweep.spec.get("metric") or "val_macro_f1"
+        direction = "maximize" if sweep.spec.get("mode", "max") == "max" else "minimize"
+        for method, variant in (sweep.spec.get("losses") or {}).items():
+            space = {k: distribution(v) for k, v in (variant.get("space") or {}).items()}
+            if len(space) < 2:
+                continue
+            mine = search[(search["sweep"] == name) & (search["method"] == method)]
+            for cell, part in mine.groupby("cell"):
+                trials = []
+                for _, run in part.iterrows():
+                    value = run.get(f"metrics.{metric}")
+                    params = {k: run.get(f"params.{k}") for k in space}
+                    if value is None or not math.isfinite(value) or any(v is None for v in params.values()):
+                        continue
+                    if not all(inside(space[k], v) for k, v in params.items()):
+                        continue  # a run from an earlier version of the space
+                    trials.append(optuna.trial.create_trial(params=params, distributions=space, value=float(value)))
+                if len(trials) < min_trials:
+                    continue
+                study = optuna.create_study(direction=direction)
+                study.add_trials(trials)
+                scores = optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                first = part.iloc[0]
+                for param, importance in scores.items():
+                    rows.append({"sweep": name, "cell": cell, "dataset": first["dataset"], "model": first["model"],
+                                 "method": method, "param": param, "importance": float(importance),
+                                 "trials": len(trials)})
+    return pd.DataFrame(rows, columns=["sweep", "cell", "dataset", "model", "method", "param", "importance", "trials"])
