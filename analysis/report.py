@@ -23,8 +23,8 @@ from analysis import plots
 from analysis.importance import param_importances
 from analysis.load import Runs, load_runs
 from analysis.sensitivity import ablation_points, families, tornado_bars
-from analysis.tables import (aggregate_table, block_labels, gloss_method, in_paper_order, ranks_table, scores, table2,
-                             table3, table4, table5, table9)
+from analysis.tables import (aggregate_table, block_labels, convergence_table, gloss_method, in_paper_order,
+                             ranks_table, scores, table2, table3, table4, table5, table9)
 from gloss_core.provenance import git_commit
 
 CURVE_METRICS = ("val_macro_f1", "val_macro_silhouette")
@@ -120,7 +120,7 @@ def build(runs: Runs, out: Path, gloss: str | None = None, baseline: str | None 
     tables = [table2(runs, baseline), table3(runs), table4(runs, gloss), table5(runs, gloss),
               table9(runs, metric, gloss)]
     ranks, tests = ranks_table(runs, metric)
-    tables += [ranks, aggregate_table(runs, metric)]
+    tables += [ranks, aggregate_table(runs, metric), convergence_table(_history(runs, "val_macro_f1"))]
     tables = [t for t in tables if t is not None]
     for table in tables:
         table.footer = footer

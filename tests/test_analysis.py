@@ -296,7 +296,10 @@ def test_report_writes_every_table_and_figure(store, tmp_path):
     uri, _ = store
     built = build(load_runs(["paper", "sens"], uri), tmp_path, gloss=None)
     names = {t.name for t in built["tables"]}
-    assert {"table2", "table3", "table4", "table5", "table9", "ranks", "aggregate"} <= names
+    assert {"table2", "table3", "table4", "table5", "table9", "ranks", "aggregate", "convergence"} <= names
+    convergence = next(t for t in built["tables"] if t.name == "convergence").numbers
+    # curves acc - 0.1/epoch over 4 epochs: epoch 2 is the first within 95% of the best (epoch 4)
+    assert (convergence["epochs_mean"] == 2.0).all() and (convergence["best_epoch_mean"] == 4.0).all()
     figures = {p[0].stem: p for _, p in built["figures"]}
     for stem in ("learning_curves_val_macro_f1", "cd_diagram_integrated_bert_base", "cd_diagram_standalone_bert_base",
                  "timing_breakdown", "tornado_", "ablation_sigma_scale", "ablation_lam", "ablation_gamma", "tsne_",
