@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 
 import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 import pandas as pd
 
 from analysis.load import Runs
@@ -58,12 +60,15 @@ def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.Data
                     if not all(inside(space[k], v) for k, v in params.items()):
                         continue  # a run from an earlier version of the space
                     trials.append(optuna.trial.create_trial(params=params, distributions=space, value=float(value)))
-                if len(trials) < min_trials:
-                    continue
+                if len(trials) < min_trials or len({t.value for t in trials}) < 2:
+                    continue  # too few trials, or every trial scored the same: importance is undefined
                 study = optuna.create_study(direction=direction)
                 study.add_trials(trials)
-                scores = optuna.importance.get_param_importances(
-                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                try:
+                    scores = optuna.importance.get_param_importances(
+                        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+                except RuntimeError:  # fANOVA finds no variance to split (e.g. one param constant)
+                    continue
                 first = part.iloc[0]
                 for param, importance in scores.items():
                     rows.append({"sweep": name, "cell": cell, "dataset": first["dataset"], "model": first["model"],

@@ -278,7 +278,9 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only cluster
+        # RAY_AUTH_MODE is left to the user: unset, a new local cluster runs with Ray's default token
+        # auth (token made in ~/.ray/auth_token), which matters because Ray binds the node's address,
+        # not loopback; joining a cluster follows that cluster's mode
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         ray.init(address=ray_address, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})

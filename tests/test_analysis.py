@@ -354,3 +354,16 @@ def test_param_importance_uses_full_budget_trials_only(runs):
     scores = param_importances(runs).set_index("param")
     assert set(scores.index) == {"lr", "gamma"} and (scores["trials"] == 12).all()
     assert scores.loc["gamma", "importance"] > 0.8 > scores.loc["lr", "importance"]
+
+
+def test_param_importance_skips_cells_without_variance(store):
+    from analysis.importance import param_importances
+
+    client = MlflowClient(store[0])
+    exp = client.create_experiment("flat")
+    log_summary(client, exp, "flat", {"losses": {"g": {"loss": "gloss", "space": {
+        "lr": {"loguniform": [1e-5, 1e-3]}, "gamma": {"choice": [0.5, 0.7]}}}}, "metric": "val_macro_f1"})
+    for i in range(6):
+        log_run(client, exp, "flat", "search", "g", "gloss", "MR", "m", 0, {"val_macro_f1": 0.5},
+                params={"lr": 1e-4 * (i + 1), "gamma": [0.5, 0.7][i % 2]})
+    assert param_importances(load_runs("flat", store[0])).empty

@@ -138,7 +138,15 @@ def two_nodes(monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from ray._raylet import Config
+
+    # token auth, as Ray's own default for local clusters (a local sweep earlier in this process has
+    # switched the process to it, and Ray caches the mode): make sure a token exists, then use it
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True,
+                       env={**os.environ, "RAY_AUTH_MODE": "token"})
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    Config.initialize("")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "gcs_server_port": free_port(),
                                                              "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
@@ -147,6 +155,8 @@ def two_nodes(monkeypatch):
     yield cluster, worker
     ray.shutdown()
     cluster.shutdown()
+    monkeypatch.undo()
+    Config.initialize("")
 
 
 def test_trials_run_on_both_nodes(tiny_model_dir, tmp_path, two_nodes):

@@ -52,13 +52,18 @@ def trial_runs(uri: str, name: str, phase: str):
                                            max_results=1000)
 
 
-def test_two_cell_sweep_end_to_end(tiny_model, tmp_path):
+def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
     from sweeps.runner import run_sweep
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
     spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells", replicate={"seeds": [1, 2], "artifacts": True}))
     summary = run_sweep(spec, num_cpus=2)
     uri = spec.tracking_uri
     client, exp, runs = trial_runs(uri, "two-cells", "search")
+    # the local cluster ran with token auth (Ray binds the machine's address, not loopback)
+    assert os.environ["RAY_AUTH_MODE"] == "token" and (Path.home() / ".ray" / "auth_token").is_file()
 
     # exactly one child run per trial, under its cell's parent, with the right tags
     assert len(runs) == 2 * 5
