@@ -9,6 +9,7 @@ Writes OUT/tables/*.{md,tex,csv}, OUT/figures/*.{png,pdf} and OUT/report.md (or 
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -176,8 +177,8 @@ def write_report(experiments: list[str], tracking_uri: str, out: Path, fmt: str 
                       f"<p><small><i>{html.escape(table.footer)}</i></small></p>"]
         parts.append("<h2>Figures</h2>")
         for caption, paths in built["figures"]:
-            png = paths[0].relative_to(out)
-            parts += [f"<h3>{html.escape(caption)}</h3>", f'<img src="{png}" style="max-width:100%">',
+            png = base64.b64encode(paths[0].read_bytes()).decode()  # self-contained: the file travels alone
+            parts += [f"<h3>{html.escape(caption)}</h3>", f'<img src="data:image/png;base64,{png}" style="max-width:100%">',
                       f'<p><a href="{paths[1].relative_to(out)}">PDF</a></p>']
         path = out / "report.html"
         path.write_text("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>\n"

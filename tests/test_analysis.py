@@ -342,7 +342,7 @@ def test_cli_report_and_errors(store, tmp_path):
         assert (out / link).is_file()
     html = subprocess.run([GLOSS, "analyze", "report", "-e", "paper", "--tracking-uri", uri, "--out", str(out),
                            "--format", "html"], capture_output=True, text=True)
-    assert html.returncode == 0 and "<img src=" in (out / "report.html").read_text()
+    assert html.returncode == 0 and '<img src="data:image/png;base64,' in (out / "report.html").read_text()
     bad = subprocess.run([GLOSS, "analyze", "report", "-e", "missing", "--tracking-uri", uri, "--out", str(out)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no experiment 'missing'" in bad.stdout
