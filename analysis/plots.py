@@ -192,11 +192,16 @@ def tsne(embeddings: dict[str, tuple[np.ndarray, np.ndarray]], block: str, folde
         emb, labels = emb[keep], labels[keep]
         perplexity = max(2.0, min(30.0, (len(emb) - 1) / 3))
         xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb.astype(np.float64))
-        scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=6)
+        classes = np.unique(labels)
+        colors = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, k in enumerate(classes):
+            ax.scatter(xy[labels == k, 0], xy[labels == k, 1], color=colors(i % colors.N), s=6, label=str(k))
         ax.set_title(f"{method} ({len(emb)} test points)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(scatter, ax=axes, label="class", shrink=0.8)
+    handles, names = axes[0].get_legend_handles_labels()
+    if len(names) <= 20:
+        fig.legend(handles, names, title="class", fontsize=7, loc="center right", markerscale=2)
     fig.suptitle(f"t-SNE of test embeddings, {block}", fontsize=10)
     return save(fig, folder, name, footer)
 

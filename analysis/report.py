@@ -43,7 +43,9 @@ def footer_text(runs: Runs) -> str:
         phases = mine["phase"].value_counts().to_dict() if not mine.empty else {}
         seeds = sorted({int(s) for s in mine.get("seed", pd.Series(dtype=object)).dropna()})
         versions = ", ".join(f"{k} {v}" for k, v in sweep.package_versions.items()) or "not recorded"
-        space = {k: v.get("space", {}) for k, v in (sweep.spec.get("losses") or {}).items()}
+        space = {k: {param: {kind: bounds for kind, bounds in dist.items() if bounds is not None}
+                     for param, dist in (v.get("space") or {}).items()}
+                 for k, v in (sweep.spec.get("losses") or {}).items()}
         parts.append(
             f"sweep {name} | git {sweep.git_commit} | packages: {versions} | seeds {seeds} | trials: "
             f"{phases.get('search', 0)} search, {phases.get('replicate', 0)} replicate | search space "
