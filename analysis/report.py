@@ -173,7 +173,7 @@ def write_report(experiments: list[str], tracking_uri: str, out: Path, fmt: str 
         parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Data checks</h2><ul>",
                  *[f"<li>{html.escape(p)}</li>" for p in checks], "</ul>"]
         for table in built["tables"]:
-            cells = table._marked(lambda t: f"<b>{html.escape(t)}</b>", lambda t: f"<u>{html.escape(t)}</u>")
+            cells = table.marked(lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", html.escape)
             parts += [f"<h2>{html.escape(table.caption)}</h2>", cells.to_html(index=False, escape=False),
                       *[f"<p><small>{html.escape(n)}</small></p>" for n in table.notes],
                       f"<p><small><i>{html.escape(table.footer)}</i></small></p>"]

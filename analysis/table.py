@@ -43,15 +43,16 @@ class Table:
     notes: list[str] = field(default_factory=list)
     footer: str = ""
 
-    def _marked(self, bold, underline) -> pd.DataFrame:
-        cells = self.cells.copy().astype(str)
+    def marked(self, bold, underline, escape=str) -> pd.DataFrame:
+        """The cells escaped for a format, then the marked ones wrapped in `bold` / `underline`."""
+        cells = self.cells.copy().astype(str).map(escape)
         for (row, column), mark in self.marks.items():
             text = cells.iloc[row][column]
             cells.iloc[row, cells.columns.get_loc(column)] = bold(text) if mark == "best" else underline(text)
         return cells
 
     def markdown(self) -> str:
-        cells = self._marked(lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
+        cells = self.marked(lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
         parts = [f"**{self.caption}**", "", cells.to_markdown(index=False, disable_numparse=True)]
         if self.notes:
             parts += ["", *[f"- {note}" for note in self.notes]]
@@ -60,11 +61,7 @@ class Table:
         return "\n".join(parts) + "\n"
 
     def latex(self) -> str:
-        cells = self.cells.copy().astype(str).map(latex_escape)
-        marks = {key: mark for key, mark in self.marks.items()}
-        for (row, column), mark in marks.items():
-            text = cells.iloc[row][column]
-            cells.iloc[row, cells.columns.get_loc(column)] = rf"\textbf{{{text}}}" if mark == "best" else rf"\underline{{{text}}}"
+        cells = self.marked(lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}", latex_escape)
         columns = "l" * len(cells.columns)
         lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(self.caption)}}}",
                  rf"\label{{tab:{self.name}}}", r"\small", rf"\begin{{tabular}}{{{columns}}}", r"\toprule",

@@ -134,7 +134,8 @@ def table2(runs: Runs, baseline: str | None = "ce", alpha: float = ALPHA, decima
                 numbers.append({"model": model, "method": method, "dataset": dataset, "metric": short,
                                 "mean": mean, "std": round(std, decimals) if n > 1 else math.nan, "n": n,
                                 "p_holm_vs_baseline": p})
-                counts.append(n) if n else None
+                if n:
+                    counts.append(n)
         row["n"] = _n_text(counts) if counts else "0"
         cells.append(row)
     frame = pd.DataFrame(cells)

@@ -17,7 +17,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from analysis.load import load_runs
-from analysis.report import build, write_report
+from analysis.report import build
 from analysis.stats import bootstrap_ci, friedman_nemenyi, holm, min_wilcoxon_p, nemenyi_q, paired_test
 from analysis.tables import table2, table3, table4, table5, table9
 
