@@ -15,6 +15,7 @@ from dataclasses import fields
 
 import pandas as pd
 
+from analysis.tables import mean_std_n
 from gloss_core.config import TrainConfig
 
 PARAMS = ("sigma", "sigma_scale", "lam", "gamma")
@@ -49,8 +50,7 @@ def ablation_points(scores: pd.DataFrame, family: dict[str, float]) -> pd.DataFr
     part = scores[scores["method"].isin(family)].assign(x=lambda f: f["method"].map(family))
     if part.empty:
         return pd.DataFrame(columns=["block", "x", "mean", "std", "n"])
-    return (part.groupby(["block", "x"], sort=False)["value"]
-            .agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index())
+    return mean_std_n(part, ["block", "x"])
 
 
 def tornado_bars(scores: pd.DataFrame, found: dict[str, list[dict[str, float]]]) -> tuple[str | None, dict]:
@@ -63,11 +63,9 @@ def tornado_bars(scores: pd.DataFrame, found: dict[str, list[dict[str, float]]])
     if not membership:
         return None, {}
     base = max(membership, key=lambda name: (membership[name], name))
-    if membership[base] < 1:
-        return None, {}
     out = {}
     for block, part in scores.groupby("block", sort=False):
-        stats = part.groupby("method")["value"].agg(mean="mean", std=lambda v: v.std(ddof=1))
+        stats = mean_std_n(part, ["method"]).set_index("method")
         if base not in stats.index:
             continue
         rows = []

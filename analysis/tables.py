@@ -87,7 +87,8 @@ def matched(frame: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.ndarray
     return wide[a].to_numpy(), wide[b].to_numpy()
 
 
-def _summary(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+def mean_std_n(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean, sample std (ddof=1) and count of `value` per group, groups in order of appearance."""
     return frame.groupby(by, sort=False)["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
 
 
@@ -108,7 +109,7 @@ def table2(runs: Runs, baseline: str | None = "ce", alpha: float = ALPHA, decima
     sig = {}  # (model, method, dataset, short) -> Holm p against the baseline
     use_baseline = baseline if baseline in set(metrics["acc"]["method"]) else None
     for short, frame in metrics.items():
-        summary = _summary(frame, ["model", "method", "dataset"])
+        summary = mean_std_n(frame, ["model", "method", "dataset"])
         for r in summary.itertuples():
             means[(r.model, r.method, r.dataset, short)] = (round(100 * r.mean, decimals), 100 * r.std, r.n)
         if use_baseline:
@@ -180,7 +181,7 @@ def table3(runs: Runs) -> Table | None:
     order = base[["block", "method"]].drop_duplicates().to_numpy().tolist()
     cells, numbers, means = [], [], {}
     for column, metric, scale, decimals, _, spread in TABLE3:
-        for r in _summary(frames[metric], ["block", "method"]).itertuples():
+        for r in mean_std_n(frames[metric], ["block", "method"]).itertuples():
             means[(r.block, r.method, column)] = (round(scale * r.mean, decimals), scale * r.std, r.n)
     for block, method in order:
         row, record = {"Dataset": block, "Loss": method}, {"dataset": block, "method": method}
@@ -269,7 +270,7 @@ def table5(runs: Runs, gloss: str | None = None, decimals: int = 2) -> Table | N
     ours = acc[acc["method"] == target].assign(paper=lambda f: f["dataset"].str.lower().map(PAPER_DATASETS))
     unmatched = sorted(set(ours.loc[ours["paper"].isna(), "dataset"]))
     for model, part in ours[ours["paper"].notna()].groupby("model", sort=False):
-        summary = _summary(part, ["paper"]).set_index("paper")
+        summary = mean_std_n(part, ["paper"]).set_index("paper")
         row, record = {"Model": f"{target} + {model} (ours)"}, {"model": f"{target} + {model}", "source": "this run"}
         for d in datasets:
             if d in summary.index:

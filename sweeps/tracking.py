@@ -6,8 +6,8 @@ Child runs carry the flat training config as params, per-epoch metrics with step
 cell, trial id, `ended` = completed | stopped_early | failed | interrupted, and the failure reason),
 and at the end a metrics JSON, the validation curve and, when the trial's last checkpoint holds an
 `artifacts/` folder (replicate phase with `replicate.artifacts: true`), its test embeddings and
-adjacency matrices under `artifacts/`. Runs are keyed by trial id and the map survives `Tuner.restore`, so a resumed
-sweep never duplicates or orphans a run, and none is left RUNNING.
+adjacency matrices under `artifacts/`. Runs are keyed by trial id and the map survives
+`Tuner.restore`, so a resumed sweep never duplicates or orphans a run, and none is left RUNNING.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class MLflowTrialLogger(LoggerCallback):
         self.ended: set[str] = set()
         self.unlogged_path, self.flush_timeout_s = unlogged_path, flush_timeout_s
         self._client = None
-        self._tagged: dict[str, set] = {}
+        self._node_tagged: set[str] = set()  # trials whose run has its node_id tag
         self.queue = WriteQueue()
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks: queued closures and the client stay behind
@@ -169,10 +169,10 @@ class MLflowTrialLogger(LoggerCallback):
 
     def _result(self, iteration: int, trial, result: dict) -> None:
         run_id = self._run_id(trial)
-        if isinstance(result.get("node_id"), str) and "node_id" not in self._tagged.setdefault(trial.trial_id, set()):
+        if isinstance(result.get("node_id"), str) and trial.trial_id not in self._node_tagged:
             self.client.set_tag(run_id, "node_id", result["node_id"])
-            self._tagged[trial.trial_id].add("node_id")
-        values = numeric_metrics(result)
+            self._node_tagged.add(trial.trial_id)
+        values = numbers = numeric_metrics(result)
         if result.get("final"):  # the replicate's closing report: test metrics, not one more epoch
             step = int(result.get("epochs_run", iteration))
             values = {("final_" + k if k.startswith("val_") else k): v for k, v in values.items()}
@@ -185,7 +185,7 @@ class MLflowTrialLogger(LoggerCallback):
         if "epoch" in result and not result.get("final"):
             curve = self.curves.setdefault(trial.trial_id, [])
             curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
-            curve.append({k: v for k, v in numeric_metrics(result).items() if k == "epoch" or k.startswith("val_")})
+            curve.append({k: v for k, v in numbers.items() if k == "epoch" or k.startswith("val_")})
 
     def _end(self, trial, failed: bool) -> None:
         run_id = self._run_id(trial)

@@ -5,8 +5,10 @@ phase, ...), which the trainable drops. Each epoch reports its metrics with a ch
 `tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
 normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from
 "stopped early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and
-whether this attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or restore). With `_artifacts`, the replicate trial's final report carries a checkpoint
-whose `artifacts/` folder holds the test embeddings and one batch's adjacency per epoch. NaN metrics and `NonFiniteEmbeddingsError` end the trial as failed.
+whether this attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or
+restore). With `_artifacts`, the replicate trial's final report carries a checkpoint whose
+`artifacts/` folder holds the test embeddings and one batch's adjacency per epoch. NaN metrics
+and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
