@@ -19,16 +19,6 @@ import pandas as pd
 from analysis.load import Runs
 
 
-def distribution(spec: dict):
-    if spec.get("loguniform"):
-        return optuna.distributions.FloatDistribution(*spec["loguniform"], log=True)
-    if spec.get("uniform"):
-        return optuna.distributions.FloatDistribution(*spec["uniform"])
-    if spec.get("int"):
-        return optuna.distributions.IntDistribution(*spec["int"])
-    return optuna.distributions.CategoricalDistribution(spec["choice"])
-
-
 def inside(dist, value) -> bool:
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return value in dist.choices
@@ -43,10 +33,12 @@ def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.Data
         return pd.DataFrame(columns=["sweep", "cell", "dataset", "model", "method", "param", "importance", "trials"])
     search = frame[(frame["phase"] == "search") & (frame["ended"] == "completed")]
     for name, sweep in runs.sweeps.items():
-        metric = sweep.spec.get("metric") or "val_macro_f1"
-        direction = "maximize" if sweep.spec.get("mode", "max") == "max" else "minimize"
-        for method, variant in (sweep.spec.get("losses") or {}).items():
-            space = {k: distribution(v) for k, v in (variant.get("space") or {}).items()}
+        if sweep.spec is None:
+            continue
+        metric = sweep.spec.metric
+        direction = "maximize" if sweep.spec.mode == "max" else "minimize"
+        for method, variant in sweep.spec.losses.items():
+            space = {k: dist.to_optuna() for k, dist in variant.space.items()}
             if len(space) < 2:
                 continue
             mine = search[(search["sweep"] == name) & (search["method"] == method)]

@@ -11,35 +11,26 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from sweeps.resilience import redact
+from gloss_core.provenance import redact
+from sweeps.record import SweepRecord, read_record
 
-ID_COLUMNS = ["sweep", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id", "ended",
-              "status", "run_id"]
+ID_COLUMNS = ["sweep", "protocol", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id",
+              "ended", "status", "run_id"]
 HISTORY_PREFIXES = ("val_", "train_", "time_", "epoch_time")  # per-epoch metrics (step = epoch)
-
-
-@dataclass
-class Sweep:
-    """What a sweep recorded about itself: its spec, code version and package versions."""
-    name: str
-    spec: dict = field(default_factory=dict)
-    git_commit: str = "unknown"
-    package_versions: dict = field(default_factory=dict)
 
 
 @dataclass
 class Runs:
     runs: pd.DataFrame  # one row per trial run: ID_COLUMNS, params.*, tags.*, metrics.* (final values)
     tidy: pd.DataFrame  # ID_COLUMNS + metric, value, epoch
-    sweeps: dict[str, Sweep]
+    sweeps: dict[str, SweepRecord]
     problems: list[str]
     tracking_uri: str = ""
 
@@ -62,9 +53,6 @@ class Runs:
         if phase is not None:
             frame = frame[frame["phase"] == phase]
         return frame
-
-    def param_columns(self) -> list[str]:
-        return [c for c in self.runs.columns if c.startswith("params.")]
 
 
 def _paged(client: MlflowClient, experiment_ids: list[str], query: str):
@@ -90,20 +78,6 @@ def _number(text: str | None):
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 
-def _sweep_record(client: MlflowClient, experiment_id: str, name: str) -> Sweep:
-    found = client.search_runs([experiment_id], "tags.kind = 'summary'", max_results=1)
-    if not found:
-        return Sweep(name)
-    run = found[0]
-    try:
-        with open(client.download_artifacts(run.info.run_id, "spec.json"), encoding="utf-8") as f:
-            spec = json.load(f)
-    except Exception:  # noqa: BLE001 - a sweep from before the spec was recorded
-        spec = {}
-    versions = run.data.tags.get("package_versions")
-    return Sweep(name, spec, run.data.tags.get("git_commit", "unknown"), json.loads(versions) if versions else {})
-
-
 def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[str, ...] | None = ("replicate",)) -> Runs:
     """Read every trial run of the named sweeps (MLflow experiments).
 
@@ -124,11 +98,12 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
         if exp is None:
             known = sorted(e.name for e in client.search_experiments())
             raise LookupError(f"no experiment {name!r} at {redact(tracking_uri)}; experiments there: {known}")
-        sweeps[name] = _sweep_record(client, exp.experiment_id, name)
+        sweeps[name] = read_record(client, exp.experiment_id, name)
         for run in _paged(client, [exp.experiment_id], "tags.kind = 'trial'"):
             tags, params = run.data.tags, run.data.params
             seed = _number(tags.get("seed") or params.get("seed"))
-            ids = {"sweep": tags.get("sweep", name), "phase": tags.get("phase"), "method": tags.get("loss"),
+            protocol = tags.get("protocol") or params.get("protocol", "integrated")  # runs from before the tag
+            ids = {"sweep": tags.get("sweep", name), "protocol": protocol, "phase": tags.get("phase"), "method": tags.get("loss"),
                    "loss": params.get("loss"), "dataset": tags.get("dataset"), "model": tags.get("model"),
                    "seed": seed, "cell": tags.get("cell"), "trial_id": tags.get("trial_id"),
                    "ended": tags.get("ended"), "status": run.info.status, "run_id": run.info.run_id}
@@ -149,7 +124,8 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
                             tidy.append({**ids, "metric": key, "value": point.value, "epoch": point.step})
     runs = pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
     tidy_frame = pd.DataFrame(tidy, columns=ID_COLUMNS + ["metric", "value", "epoch"])
-    return Runs(runs, tidy_frame, sweeps, check_runs(runs), tracking_uri)
+    problems = check_runs(runs) + [record.problem for record in sweeps.values() if record.problem]
+    return Runs(runs, tidy_frame, sweeps, problems, tracking_uri)
 
 
 def check_runs(runs: pd.DataFrame) -> list[str]:
@@ -160,7 +136,6 @@ def check_runs(runs: pd.DataFrame) -> list[str]:
         return ["no trial runs found"]
     reps = runs[runs["phase"] == "replicate"]
     done = reps[reps["ended"] == "completed"]
-    done = done.assign(protocol=done.get("params.protocol", pd.Series("integrated", index=done.index)))
     for (sweep, protocol, dataset, model), group in done.groupby(["sweep", "protocol", "dataset", "model"]):
         expected = set(group["seed"])
         for method, rows in group.groupby("method"):

@@ -75,12 +75,12 @@ def learning_curves(history: pd.DataFrame, metric: str, folder: Path, footer: st
     return save(fig, folder, f"learning_curves_{metric}", footer)
 
 
-def cliques(ranks: pd.Series, cd: float) -> list[list[str]]:
-    """Maximal groups of methods whose average ranks lie within CD of each other."""
-    names, values = list(ranks.index), ranks.to_numpy()
+def cliques(test: RankTest) -> list[list[str]]:
+    """Maximal groups of methods (in rank order) that Nemenyi's test cannot tell apart."""
+    names = list(test.ranks.sort_values().index)
     groups = []
-    for i in range(len(values)):
-        j = max(k for k in range(len(values)) if values[k] - values[i] <= cd)
+    for i in range(len(names)):
+        j = max(k for k in range(len(names)) if not test.differs(names[i], names[k]) or k <= i)
         if j > i and not any(a <= i and j <= b for a, b in groups):
             groups.append((i, j))
     return [names[a:b + 1] for a, b in groups]
@@ -107,7 +107,7 @@ def cd_diagram(test: RankTest, title: str, folder: Path, name: str, footer: str)
         x_text = 0.6 if left else k + 0.4
         ax.plot([rank, rank, x_text], [0, y, y], color="0.2", lw=0.8)
         ax.text(x_text, y + 0.1, f"{method} ({rank:.2f})", ha="left" if left else "right", fontsize=8)
-    for depth, group in enumerate(cliques(ranks, test.cd)):
+    for depth, group in enumerate(cliques(test)):
         lo, hi = ranks[group[0]], ranks[group[-1]]
         ax.hlines(-0.4 - 0.25 * depth, lo - 0.05, hi + 0.05, color="tab:blue", lw=3)
     p = "n/a" if test.friedman_p is None else f"{test.friedman_p:.3g}"

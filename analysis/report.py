@@ -43,14 +43,16 @@ def footer_text(runs: Runs) -> str:
         phases = mine["phase"].value_counts().to_dict() if not mine.empty else {}
         seeds = sorted({int(s) for s in mine.get("seed", pd.Series(dtype=object)).dropna()})
         versions = ", ".join(f"{k} {v}" for k, v in sweep.package_versions.items()) or "not recorded"
-        space = {k: {param: {kind: bounds for kind, bounds in dist.items() if bounds is not None}
-                     for param, dist in (v.get("space") or {}).items()}
-                 for k, v in (sweep.spec.get("losses") or {}).items()}
+        spec = sweep.spec
+        space = {} if spec is None else {
+            variant: {param: dist.model_dump(exclude_none=True, by_alias=True) for param, dist in loss.space.items()}
+            for variant, loss in spec.losses.items()}
+        settings = ("search and ASHA not recorded" if spec is None else
+                    f"search {json.dumps(spec.search.model_dump())}, ASHA {json.dumps(spec.asha.model_dump())}")
         parts.append(
             f"sweep {name} | git {sweep.git_commit} | packages: {versions} | seeds {seeds} | trials: "
             f"{phases.get('search', 0)} search, {phases.get('replicate', 0)} replicate | search space "
-            f"{json.dumps(space, separators=(',', ':'))} | search {json.dumps(sweep.spec.get('search', {}))}, "
-            f"ASHA {json.dumps(sweep.spec.get('asha', {}))}")
+            f"{json.dumps(space, separators=(',', ':'))} | {settings}")
     return " || ".join(parts) + f" | analysis git {git_commit()}"
 
 
@@ -59,13 +61,11 @@ def _history(runs: Runs, metric: str) -> pd.DataFrame:
     frame = frame[frame["ended"] == "completed"]
     if frame.empty:
         return frame.assign(block=pd.Series(dtype=str))
-    return in_paper_order(_with_blocks(frame, runs))
+    return in_paper_order(_with_blocks(frame))
 
 
-def _with_blocks(frame: pd.DataFrame, runs: Runs) -> pd.DataFrame:
-    """Add the protocol (a run param) and the block label used by the tables."""
-    protocols = runs.runs.set_index("run_id").get("params.protocol", pd.Series(dtype=str))
-    frame = frame.assign(protocol=frame["run_id"].map(protocols).fillna("integrated"))
+def _with_blocks(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add the block label used by the tables."""
     return frame.assign(block=block_labels(frame))
 
 
@@ -74,7 +74,7 @@ def _timing(runs: Runs) -> pd.DataFrame:
                       & (runs.tidy["phase"] == "replicate") & (runs.tidy["ended"] == "completed")]
     if frame.empty:
         return pd.DataFrame(columns=["block", "method", "phase", "seconds"])
-    frame = in_paper_order(_with_blocks(frame.assign(phase_name=frame["metric"].str[5:-2]), runs))
+    frame = in_paper_order(_with_blocks(frame.assign(phase_name=frame["metric"].str[5:-2])))
     per_run = frame.groupby(["block", "method", "phase_name", "run_id"], sort=False)["value"].mean().reset_index()
     out = per_run.groupby(["block", "method", "phase_name"], sort=False)["value"].mean().reset_index()
     return out.rename(columns={"phase_name": "phase", "value": "seconds"})
@@ -87,8 +87,7 @@ def _artifact_figures(runs: Runs, gloss: str | None, folder: Path, footer: str) 
         return []
     client = MlflowClient(runs.tracking_uri)
     out = []
-    reps = reps.assign(protocol=reps.get("params.protocol", pd.Series("integrated", index=reps.index)))
-    reps = reps.assign(block=block_labels(reps)).sort_values("seed")
+    reps = _with_blocks(reps).sort_values("seed")
     with tempfile.TemporaryDirectory() as scratch:
         for block, part in reps.groupby("block", sort=False):
             embeddings, adjacency_run = {}, None

@@ -17,27 +17,28 @@ import pandas as pd
 
 from analysis.tables import mean_std_n
 from gloss_core.config import TrainConfig
+from sweeps.spec import SweepSpec
 
 PARAMS = ("sigma", "sigma_scale", "lam", "gamma")
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
-def families(spec: dict, params=PARAMS) -> dict[str, list[dict[str, float]]]:
+def families(spec: SweepSpec | None, params=PARAMS) -> dict[str, list[dict[str, float]]]:
     """param -> list of families, each {variant name: numeric value of the param}."""
     out: dict[str, list[dict[str, float]]] = {}
-    variants = spec.get("losses", {}) or {}
+    variants = spec.losses if spec is not None else {}
     for param in params:
         groups: dict[str, dict[str, float]] = {}
         for name, variant in variants.items():
-            space = variant.get("space") or {}
-            if param in space:
+            if param in variant.space:
                 continue
-            fixed = {key: variant.get("fixed", {}).get(key, DEFAULTS.get(key)) for key in PARAMS}
-            fixed.update({k: v for k, v in (variant.get("fixed") or {}).items() if k not in PARAMS})
+            fixed = {key: variant.fixed.get(key, DEFAULTS.get(key)) for key in PARAMS}
+            fixed.update({k: v for k, v in variant.fixed.items() if k not in PARAMS})
             value = fixed.pop(param)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            key = json.dumps([variant.get("loss"), space, fixed], sort_keys=True, default=str)
+            space = {k: dist.model_dump(exclude_none=True, by_alias=True) for k, dist in variant.space.items()}
+            key = json.dumps([variant.loss, space, fixed], sort_keys=True, default=str)
             groups.setdefault(key, {})[name] = float(value)
         found = [g for g in groups.values() if len(set(g.values())) >= 2]
         if found:

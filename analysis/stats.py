@@ -156,22 +156,12 @@ def friedman_nemenyi(scores: pd.DataFrame, higher_is_better: bool = True, alpha:
     return RankTest(average, n, chi2, p, p_id, cd, alpha, notes)
 
 
-def bootstrap_ci(values, statistic=np.mean, confidence: float = 0.95, reps: int = 10000,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """Percentile bootstrap: (point estimate, low, high). With 3-5 seeds the interval is too
-    narrow (percentile bootstraps undercover at small n); label it with n."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    samples = values[rng.integers(0, len(values), size=(reps, len(values)))]
-    boot = np.apply_along_axis(statistic, 1, samples)
-    tail = (1 - confidence) / 2
-    return float(statistic(values)), float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
-
-
 def stratified_bootstrap_ci(scores: dict[str, np.ndarray], confidence: float = 0.95, reps: int = 10000,
                             seed: int = 0) -> tuple[float, float, float]:
-    """Mean over datasets of the per-dataset mean over seeds; seeds resampled within each dataset
-    (rliable's stratified bootstrap). `scores`: dataset -> values over seeds."""
+    """Percentile bootstrap: (point, low, high) of the mean over datasets of the per-dataset mean over
+    seeds; seeds resampled within each dataset (rliable's stratified bootstrap). `scores`: dataset ->
+    values over seeds; one dataset gives the plain percentile bootstrap of the mean. With 3-5 seeds
+    the interval is too narrow (percentile bootstraps undercover at small n)."""
     rng = np.random.default_rng(seed)
     arrays = [np.asarray(v, dtype=float) for v in scores.values()]
     point = float(np.mean([a.mean() for a in arrays]))

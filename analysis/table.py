@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from gloss_core.spread import MeanStd
+
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -24,7 +26,7 @@ def fmt(value: float | None, decimals: int) -> str:
 
 def pm(mean: float, std: float, decimals: int) -> str:
     """'mean ± std' with a fixed number of decimals (std '–' when undefined, n = 1)."""
-    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}"
+    return MeanStd(mean, std, 0).format(decimals=decimals)
 
 
 def latex_escape(text: str) -> str:

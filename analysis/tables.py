@@ -23,6 +23,7 @@ import pandas as pd
 from analysis.load import Runs, dedupe
 from analysis.stats import ALPHA, STAR_LEGEND, friedman_nemenyi, holm, paired_test, stars, stratified_bootstrap_ci
 from analysis.table import Table, fmt, mark_best, pm
+from gloss_core.spread import mean_std
 
 PAPER_DATASETS = {"mr": "MR", "r8": "R8", "r52": "R52", "ohsumed": "Ohsumed", "20ng": "20NG"}
 KEYS = ["sweep", "protocol", "dataset", "model", "method", "loss", "seed"]
@@ -31,7 +32,6 @@ KEYS = ["sweep", "protocol", "dataset", "model", "method", "loss", "seed"]
 def scores(runs: Runs, metric: str, protocol: str | None = None) -> pd.DataFrame:
     """Final `metric` of completed replicate runs, one per (sweep, method, dataset, model, seed)."""
     frame = dedupe(runs.final(metric))
-    frame = frame.assign(protocol=frame.get("params.protocol", pd.Series("integrated", index=frame.index)))
     if protocol is not None:
         frame = frame[frame["protocol"] == protocol]
     frame = frame[KEYS + ["value"]].copy()
@@ -89,7 +89,12 @@ def matched(frame: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.ndarray
 
 def mean_std_n(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean, sample std (ddof=1) and count of `value` per group, groups in order of appearance."""
-    return frame.groupby(by, sort=False)["value"].agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
+    rows = []
+    for key, group in frame.groupby(by, sort=False):
+        spread = mean_std(group["value"])
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "mean": spread.mean,
+                     "std": spread.std, "n": spread.n})
+    return pd.DataFrame(rows, columns=[*by, "mean", "std", "n"])
 
 
 def _n_text(counts) -> str:

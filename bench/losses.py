@@ -29,7 +29,7 @@ from gloss_core.losses import (
     SupConLoss,
 )
 from gloss_core.models import TextClassifier, load_tokenizer
-from gloss_core.sigma import BatchSqrtSigma
+from gloss_core.graph.sigma import BatchSqrtSigma
 
 MR_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "MR" / "train.csv"
 

@@ -23,15 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
 from gloss_core.config import TrainConfig
-from gloss_core.models import load_tokenizer, tiny_bert
+from gloss_core.models import load_tokenizer
 from gloss_core.train import train
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_models import tiny_bert  # noqa: E402 - the tests' tiny encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"batch_size": 16, "max_length": 16, "patience": 0, "timing": False, "epochs": 1}

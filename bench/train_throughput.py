@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gloss_core.batching import Batches
+from gloss_core.data.batching import Batches
 from gloss_core.data import load_csv_splits
 from gloss_core.losses import GLoss
 from gloss_core.models import TextClassifier, load_tokenizer

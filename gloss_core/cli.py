@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -23,29 +23,14 @@ from gloss_core.config import TrainConfig
 
 console = Console()
 
-HELP = {
-    "data": "'synthetic', a CSV folder (train/val/test.csv) or 'hf:NAME[:CONFIG]'",
-    "limit": "rows per split (seeded subset)",
-    "model": "'minilm' (bundled, offline), a Hub name or a local folder",
-    "protocol": "integrated (CE + aux, head) | standalone (aux alone, then a linear probe)",
-    "loss": "integrated: ce | gloss | scl; standalone: gloss | scl | triplet | cosine",
-    "sigma": "G-Loss kernel width: a number, 'sqrt', 'batch_sqrt' or 'dicm'",
-    "gamma": "G-Loss: fraction of the batch that keeps its label",
-    "lam": "integrated: weight of the auxiliary loss",
-    "patience": "early-stopping patience in epochs (0: off)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "precision": "auto (bf16 autocast on CUDA) | fp32 | bf16",
-}
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _annotation(type_text: str):
-    parts = [p.strip() for p in type_text.split("|")]
-    optional = "None" in parts
-    parts = [p for p in parts if p != "None"]
-    base = _TYPES[parts[0]] if len(parts) == 1 else str  # "float | str" is parsed after
-    return Optional[base] if optional else base
+def _option_type(hint):
+    """A typer-friendly type for a field's type hint: `int | None` -> Optional[int]; a union of
+    several types (sigma's `float | str`) is read as a string and parsed after."""
+    args = get_args(hint)
+    kinds = [a for a in args if a is not type(None)]
+    base = hint if not args else (kinds[0] if len(kinds) == 1 else str)
+    return Optional[base] if type(None) in args else base
 
 
 def _parse_sigma(value):
@@ -113,13 +98,11 @@ def train(
 
 
 def _config_parameters() -> list[inspect.Parameter]:
-    params = []
-    for f in fields(TrainConfig):
-        default = f.default if f.default is not MISSING else None
-        option = typer.Option(default, help=HELP.get(f.name))
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=_annotation(str(f.type))))
-    return params
+    hints = get_type_hints(TrainConfig)
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                              default=typer.Option(f.default, help=f.metadata.get("help")),
+                              annotation=_option_type(hints[f.name]))
+            for f in fields(TrainConfig)]
 
 
 _own = [p for p in inspect.signature(train).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]

@@ -1,87 +1,97 @@
-"""The flat, typed configuration of one training run; `asdict(config)` is what a sweep logs."""
+"""The flat, typed configuration of one training run; `asdict(config)` is what a sweep logs.
+
+Each field carries its `gloss train --help` text in `metadata["help"]`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
-PROTOCOL_LOSSES = {"integrated": ("ce", "gloss", "scl"), "standalone": ("gloss", "scl", "triplet", "cosine")}
+from gloss_core.losses.registry import PROTOCOL_LOSSES
+
 Report = Callable[[dict, "str | None"], None]  # report(metrics, checkpoint_dir)
+CHOICES = {
+    "protocol": tuple(PROTOCOL_LOSSES), "empty_text": ("drop", "error"), "pooling": ("cls", "mean"),
+    "class_weights": ("none", "balanced"), "optimizer": ("adam", "adamw"),
+    "scheduler": ("constant", "multistep", "linear"), "precision": ("auto", "fp32", "bf16"),
+    "gloss_formulation": ("paper", "reference"),
+}
+AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "probe_epochs", "probe_patience")
+
+
+def option(default, help: str):  # noqa: A002 - the word typer uses
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # data
-    data: str = "synthetic"  # "synthetic", a CSV folder, or "hf:NAME" / "hf:NAME:CONFIG"
-    limit: int | None = None  # rows per split, seeded subset
-    empty_text: str = "drop"  # drop | error
-    hf_splits: str = "train,validation,test"  # split expressions used as train,val,test
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    synthetic_classes: int = 2
-    synthetic_size: int = 256  # train rows; val and test get half each
-    synthetic_noise: float = 0.05
-    synthetic_distractors: int = 0  # up to this many topic words of another class per text
-    synthetic_seed: int = 0  # the corpus itself; fixed across run seeds, so replicates see the same data
+    data: str = option("synthetic", "'synthetic', a CSV folder (train/val/test.csv) or 'hf:NAME[:CONFIG]'")
+    limit: int | None = option(None, "rows per split: a random subset drawn with --subset-seed")
+    subset_seed: int = option(0, "seed of the --limit subsets; fixed across run seeds, so seeds vary training only")
+    empty_text: str = option("drop", "rows with empty text: drop (counted) | error")
+    hf_splits: str = option("train,validation,test", "Hugging Face split expressions used as train,val,test")
+    text_column: str = option("text", "Hugging Face: the text column")
+    text_pair_column: str | None = option(None, "Hugging Face: the second text of pair tasks")
+    label_column: str = option("label", "Hugging Face: the label column")
+    synthetic_classes: int = option(2, "synthetic corpus: classes")
+    synthetic_size: int = option(256, "synthetic corpus: train rows (val and test get half each)")
+    synthetic_noise: float = option(0.05, "synthetic corpus: fraction of flipped labels")
+    synthetic_distractors: int = option(0, "synthetic corpus: up to this many topic words of another class per text")
+    synthetic_seed: int = option(0, "synthetic corpus: its seed, fixed across run seeds")
     # model
-    model: str = "minilm"  # alias, Hub name or local folder
-    pooling: str = "cls"  # cls | mean
+    model: str = option("minilm", "'minilm' (bundled, offline), a Hub name or a local folder")
+    pooling: str = option("cls", "cls (first token, as the paper) | mean")
     # objective
-    protocol: str = "integrated"  # integrated | standalone
-    loss: str = "gloss"  # integrated: ce | gloss | scl; standalone: gloss | scl | triplet | cosine
-    lam: float = 0.9  # integrated: (1 - lam) CE + lam aux
-    gamma: float = 0.7  # G-Loss: fraction of the batch that keeps its label
-    sigma: float | str = 1.0  # a number, "sqrt", "batch_sqrt" or "dicm"
-    sigma_scale: float = 1.0  # multiplies the sigma (the paper's sigma-multiplier ablation)
-    stratified_mask: bool = False
-    gloss_formulation: str = "paper"  # paper | reference
-    temperature: float = 0.1  # SCL
-    margin: float = 5.0  # triplet
-    class_weights: str = "none"  # none | balanced (CE and G-Loss)
+    protocol: str = option("integrated", "integrated (CE + aux, head) | standalone (aux alone, then a linear probe)")
+    loss: str = option("gloss", "integrated: ce | gloss | scl; standalone: gloss | scl | triplet | cosine")
+    lam: float = option(0.9, "integrated: weight of the auxiliary loss, (1 - lam) CE + lam aux")
+    gamma: float = option(0.7, "G-Loss: fraction of the batch that keeps its label")
+    sigma: float | str = option(1.0, "G-Loss kernel width: a number, 'sqrt', 'batch_sqrt' or 'dicm'")
+    sigma_scale: float = option(1.0, "G-Loss: multiplies the sigma (the paper's sigma-multiplier ablation)")
+    stratified_mask: bool = option(False, "G-Loss: keep a labeled node in every class with >= 2 members")
+    gloss_formulation: str = option("paper", "G-Loss: paper (eq. 1) | reference (the reference code's CE over F)")
+    temperature: float = option(0.1, "SCL: temperature")
+    margin: float = option(5.0, "triplet: margin")
+    class_weights: str = option("none", "none | balanced (CE and G-Loss)")
     # optimisation
-    optimizer: str = "adamw"  # adam | adamw
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    scheduler: str = "constant"  # constant | multistep (x lr_decay at lr_milestone) | linear (warm-up, decay)
-    lr_milestone: int = 30
-    lr_decay: float = 0.1
-    warmup_ratio: float = 0.0
-    grad_clip: float | None = None  # None: 1.0 integrated, 5.0 standalone (reference)
-    epochs: int = 2
-    patience: int | None = 10  # early stopping: epochs without improvement (reference: 10); 0 or None: off
-    batch_size: int = 32
-    max_length: int = 128
+    optimizer: str = option("adamw", "adam | adamw")
+    lr: float = option(5e-5, "learning rate")
+    weight_decay: float = option(0.0, "weight decay")
+    scheduler: str = option("constant", "constant | multistep (x lr_decay at lr_milestone) | linear (warm-up, decay)")
+    lr_milestone: int = option(30, "multistep: the epoch of the decay")
+    lr_decay: float = option(0.1, "multistep: the decay factor")
+    warmup_ratio: float = option(0.0, "linear: fraction of the steps spent warming up")
+    grad_clip: float | None = option(None, "gradient-norm clip (default: 1.0 integrated, 5.0 standalone)")
+    epochs: int = option(2, "maximum epochs")
+    patience: int | None = option(10, "early-stopping patience in epochs (0: off)")
+    batch_size: int = option(32, "rows per batch")
+    max_length: int = option(128, "truncation length in tokens")
     # standalone linear probe
-    probe_epochs: int = 200
-    probe_patience: int = 10
-    probe_lr: float = 1e-2
+    probe_epochs: int = option(200, "standalone: maximum epochs of the linear probe")
+    probe_patience: int = option(10, "standalone: the probe's early-stopping patience")
+    probe_lr: float = option(1e-2, "standalone: the probe's learning rate")
     # reproducibility (None: derived from seed)
-    seed: int = 0
-    data_seed: int | None = None
-    init_seed: int | None = None
-    dropout_seed: int | None = None
-    mask_seed: int | None = None
+    seed: int = option(0, "the run's seed; the four below derive from it unless given")
+    data_seed: int | None = option(None, "seed of the training data order")
+    init_seed: int | None = option(None, "seed of the head's initialisation")
+    dropout_seed: int | None = option(None, "seed of dropout")
+    mask_seed: int | None = option(None, "seed of G-Loss's label mask")
     # system
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
-    timing: bool = True  # per-phase timing breakdown (syncs CUDA at phase boundaries)
-    checkpoint_every: int = 1  # epochs between checkpoints handed to report (0: never)
-    artifacts_dir: str | None = None  # test embeddings and one batch's adjacency per epoch
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = option("auto", "auto (bf16 autocast on CUDA) | fp32 | bf16")
+    timing: bool = option(True, "per-phase timing breakdown (syncs CUDA at phase boundaries)")
+    checkpoint_every: int = option(1, "epochs between checkpoints handed to report (0: never)")
+    artifacts_dir: str | None = option(None, "write the test embeddings and one batch's adjacency per epoch here")
 
     def __post_init__(self):
-        choices = {
-            "protocol": tuple(PROTOCOL_LOSSES), "empty_text": ("drop", "error"), "pooling": ("cls", "mean"),
-            "class_weights": ("none", "balanced"), "optimizer": ("adam", "adamw"),
-            "scheduler": ("constant", "multistep", "linear"), "precision": ("auto", "fp32", "bf16"),
-            "gloss_formulation": ("paper", "reference"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.loss not in PROTOCOL_LOSSES[self.protocol]:
             raise ValueError(f"loss {self.loss!r} is not a loss of the {self.protocol} protocol; use one of {PROTOCOL_LOSSES[self.protocol]}")
-        for name in ("epochs", "batch_size", "max_length"):
+        for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if isinstance(self.sigma, (int, float)) and not self.sigma > 0:
@@ -96,7 +106,8 @@ class TrainConfig:
         return cls(**values)
 
     def seeds(self) -> dict[str, int]:
-        """The seed of each source of randomness (recorded with every run)."""
+        """The seed of each source of training randomness (recorded with every run). The data's own
+        seeds, `subset_seed` and `synthetic_seed`, stay fixed across run seeds; the config records them."""
         derived = {"data_order": self.seed, "init": self.seed + 1, "dropout": self.seed + 2, "mask": self.seed + 3}
         given = {"data_order": self.data_seed, "init": self.init_seed, "dropout": self.dropout_seed, "mask": self.mask_seed}
         return {k: derived[k] if given[k] is None else given[k] for k in derived}

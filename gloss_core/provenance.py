@@ -1,10 +1,12 @@
-"""Where a result came from: the git commit of the code and the versions of the packages that matter.
-
-Recorded by a sweep when it starts and printed under every table and figure of the analysis.
+"""Where results come from and where they go, with no dependency beyond the standard library:
+the git commit of the code, the versions of the packages that matter, the default MLflow store,
+and URIs with their passwords hidden. The sweeps and the analysis both read it.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -34,3 +36,17 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def default_tracking_uri() -> str:
+    """The MLflow store used when none is given: `./mlflow.db`, a SQLite file."""
+    return f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def redact(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host`.
+
+    >>> redact("postgresql://gloss:s3cret@db:5432/mlflow")
+    'postgresql://gloss:***@db:5432/mlflow'
+    """
+    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", str(text))

@@ -2,8 +2,9 @@
 
 Each cell (dataset x model x loss x seed) gets its own Optuna study (`CellSearcher`) and its own
 ASHA brackets (`CellASHA`), so trials of different cells never compete, while every cell runs
-concurrently in one Tune experiment that saves, interrupts and restores as one unit. Trial
-configs carry their cell's name under `_cell`.
+concurrently in one Tune experiment that saves, interrupts and restores as one unit. A trial's
+config carries its cell's name under `trainables.plan.CELL` and the values its study suggested;
+the cell's constants reach the trainable through its `PhasePlan`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from trainables.plan import CELL
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
 
@@ -44,7 +47,7 @@ class CellSearcher(Searcher):
     """Routes each suggestion to one cell's own study.
 
     Args:
-        cells: cell name -> (define-by-run space function, constants merged into its configs).
+        spaces: cell name -> its define-by-run space function.
         num_samples: trials per cell.
         max_concurrent: running trials per cell.
         metric, mode: what every study optimises.
@@ -52,17 +55,16 @@ class CellSearcher(Searcher):
             paired comparisons of losses).
     """
 
-    def __init__(self, cells: dict[str, tuple[Callable, dict]], num_samples: int, max_concurrent: int,
+    def __init__(self, spaces: dict[str, Callable], num_samples: int, max_concurrent: int,
                  metric: str, mode: str, seed: int = 0):
         super().__init__(metric=metric, mode=mode)
         self.num_samples, self.max_concurrent = num_samples, max_concurrent
-        self.constants = {name: constants for name, (_, constants) in cells.items()}
         self.searchers = {
             name: PruneAwareOptunaSearch(space=space, metric=metric, mode=mode,
                                          sampler=optuna.samplers.TPESampler(seed=seed))
-            for name, (space, _) in cells.items()
+            for name, space in spaces.items()
         }
-        self.started = {name: 0 for name in cells}
+        self.started = {name: 0 for name in spaces}
         self.live: dict[str, str] = {}  # trial id -> cell
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -82,7 +84,7 @@ class CellSearcher(Searcher):
             return None
         self.started[cell] += 1
         self.live[trial_id] = cell
-        return {**self.constants[cell], **config, "_cell": cell}
+        return {CELL: cell, **config}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         cell = self.live.get(trial_id)
@@ -96,6 +98,14 @@ class CellSearcher(Searcher):
 
     def study(self, cell: str) -> optuna.Study:
         return self.searchers[cell]._ot_study
+
+    def trial_states(self) -> dict[str, dict[str, int]]:
+        """Per cell, how many Optuna trials ended COMPLETE, PRUNED or FAIL, or are RUNNING."""
+        out = {}
+        for cell in self.searchers:
+            states = [t.state.name for t in self.study(cell).trials]
+            out[cell] = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        return out
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -121,7 +131,7 @@ class CellASHA(FIFOScheduler):
         return True
 
     def _of(self, trial) -> ASHAScheduler:
-        cell = trial.config.get("_cell", "")
+        cell = trial.config.get(CELL, "")
         if cell not in self.brackets:
             self.brackets[cell] = ASHAScheduler(time_attr="training_iteration", metric=self._metric,
                                                mode=self._mode, **self.options)
@@ -144,5 +154,3 @@ class CellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return "CellASHA: " + "; ".join(f"{cell}: {s.debug_string()}" for cell, s in self.brackets.items())
-
-

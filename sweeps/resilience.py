@@ -6,18 +6,18 @@
 - `WriteQueue` holds the trial logger's writes in order. A write that fails transiently stays at
   the head of the queue and is retried every few seconds, while trials keep training; at the end
   of a phase what still could not be written is recorded in a JSON file and reported.
-- `redact` hides passwords in URIs before they are printed or logged.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
+
+from gloss_core.provenance import redact
 
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE"}
@@ -26,15 +26,6 @@ PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOE
 def is_transient(err: BaseException) -> bool:
     """True unless the store answered and refused (a bad value, a missing run, no permission)."""
     return getattr(err, "error_code", None) not in PERMANENT
-
-
-def redact(text: str) -> str:
-    """`scheme://user:password@host` -> `scheme://user:***@host`.
-
-    >>> redact("postgresql://gloss:s3cret@db:5432/mlflow")
-    'postgresql://gloss:***@db:5432/mlflow'
-    """
-    return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", str(text))
 
 
 def warn(message: str) -> None:

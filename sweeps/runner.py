@@ -1,6 +1,10 @@
 """Run a sweep: search (every cell at once, one Optuna study and ASHA per cell), replicate (each
 cell's best config on N seeds, evaluated on test), then a summary table, printed and logged.
 
+Each phase runs one Tuner and returns a small outcome; recording that outcome in MLflow (parent
+runs, best configs, test means) is a separate step. Trials are logged as they run by the phase's
+`MLflowTrialLogger`.
+
 Usage:
     gloss sweep run sweeps/specs/demo.yaml
     gloss sweep run sweeps/specs/mr_minilm.yaml --tracking-uri http://127.0.0.1:5000
@@ -11,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import shutil
-import statistics
+import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
@@ -23,21 +27,42 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from gloss_core.provenance import git_commit, package_versions
+from gloss_core.provenance import default_tracking_uri
+from gloss_core.spread import mean_std
+from sweeps.record import summary_run
+from sweeps.resilience import RetryingClient
 from sweeps.cells import CellASHA, CellSearcher
-from sweeps.resilience import RetryingClient, redact
 from sweeps.spec import SpaceSampler, SweepSpec
-from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, default_tracking_uri, experiment_id, parent_run
+from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, experiment_id, parent_run
+from trainables.plan import CELL, PhasePlan
 from trainables.trainable import gloss_trainable
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 TEST_KEYS = ("test_accuracy", "test_macro_f1", "test_macro_silhouette")
 
 
-def _trainable(spec: SweepSpec):
-    threads = max(1, int(spec.resources.cpu))
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(gloss_trainable, resources), threads
+class SweepInterrupted(RuntimeError):
+    """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """A cell's best search trial: its full training options, its best metric value, its id."""
+
+    config: dict
+    value: float
+    trial_id: str
+
+
+@dataclass
+class SearchOutcome:
+    best: dict[str, BestTrial]  # cell -> best trial; cells where no trial reported the metric are absent
+    optuna: dict[str, dict[str, int]]  # cell -> Optuna trial states and their counts
+
+
+@dataclass
+class ReplicateOutcome:
+    finals: dict[str, list[dict]]  # cell -> the closing test report of each replicate seed that finished
 
 
 def _can_restore(path: Path) -> bool:
@@ -46,15 +71,14 @@ def _can_restore(path: Path) -> bool:
     return tune.Tuner.can_restore(str(path)) and any(p.is_dir() for p in path.iterdir())
 
 
-class SweepInterrupted(RuntimeError):
-    """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
-
-
-def _interrupted(results, expected: int) -> bool:
+def _interrupted(results: tune.ResultGrid, expected: int) -> bool:
     """Tune returns normally on SIGINT: the phase is complete only if every expected trial exists
-    and reached a final state."""
-    trials = results._experiment_analysis.trials
-    return len(trials) < expected or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    and reached a final state (terminated or errored)."""
+    return len(results) < expected or results.num_terminated + results.num_errors < len(results)
+
+
+def _trial_ids(results: tune.ResultGrid) -> set[str]:
+    return {r.metrics["trial_id"] for r in results}
 
 
 def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: str, trial_ids: set[str]) -> int:
@@ -66,17 +90,6 @@ def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: s
     for run in orphans:
         client.delete_run(run.info.run_id)
     return len(orphans)
-
-
-def optuna_states(storage: Path) -> dict[str, dict[str, int]]:
-    """Per cell, how many Optuna trials ended COMPLETE, PRUNED or FAIL (read from the saved searcher)."""
-    searcher = CellSearcher.__new__(CellSearcher)
-    searcher.restore_from_dir(str(storage))
-    out = {}
-    for cell in searcher.searchers:
-        states = [t.state.name for t in searcher.study(cell).trials]
-        out[cell] = {state: states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    return out
 
 
 def close_running_runs(client: MlflowClient, exp_id: str, sweep: str) -> int:
@@ -95,23 +108,27 @@ class SweepRunner:
         self.storage = Path(storage_path or spec.storage_path or "ray_results").resolve() / spec.name
         self.client = RetryingClient(MlflowClient(self.uri))  # phase-boundary calls wait out an outage
         self.exp_id = experiment_id(self.client, spec.name)
-        self.cells = spec.cells()
+        self.cells = {cell.name: cell for cell in spec.cells()}
+        self.threads = max(1, int(spec.resources.cpu))
+        self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
 
-    # ---- phases ---------------------------------------------------------------------------------
     def run(self, resume: bool = False, restart: bool = False) -> dict:
         if restart:
             self.discard_previous()
         elif not resume and self.storage.exists():
             raise FileExistsError(f"{self.storage} holds an earlier run of sweep {self.spec.name!r}: "
                                   "pass --resume to continue it, or --restart to discard it and start again")
-        self._summary_run()  # created first: it records the spec, git commit and package versions
+        summary_run(self.client, self.exp_id, self.spec)  # created first: the spec, git commit, package versions
         try:
             search = self.search(resume)
-            replicate = self.replicate(search, resume) if self.spec.replicate else {}
-            summary = self.summarise(search, replicate)
+            self.record_search(search)
+            replicate = ReplicateOutcome({})
+            if self.spec.replicate and search.best:
+                replicate = self.replicate(search, resume)
+                self.record_replicate(replicate)
+            return self.summarise(search, replicate)
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
-        return summary
 
     def discard_previous(self) -> None:
         """Remove the Tune state and delete this sweep's MLflow runs, so one experiment holds one sweep."""
@@ -120,154 +137,131 @@ class SweepRunner:
         for run in self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000):
             self.client.delete_run(run.info.run_id)
 
-    def _tuner(self, name: str, trainable, param_space, tune_config, callback, resume: bool, total: int) -> tune.Tuner:
-        path = self.storage / name
-        progress = ProgressPrinter(name, self.spec.metric, total, console.width)
-        run_config = tune.RunConfig(
-            name=name, storage_path=str(self.storage), callbacks=[callback, progress], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        )
+    # ---- one Tuner per phase --------------------------------------------------------------------
+    def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
+             total: int) -> tune.ResultGrid:
+        """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go."""
+        phase, path = plan.phase, self.storage / plan.phase
+        self.parents[phase] = {name: parent_run(self.client, self.exp_id, cell, phase) for name, cell in self.cells.items()}
+        logger = MLflowTrialLogger(self.uri, self.exp_id, self.parents[phase], self.cells, plan,
+                                   unlogged_path=str(self.storage / f"mlflow_unlogged_{phase}.json"))
+        progress = ProgressPrinter(phase, self.spec.metric, total, console.width)
+        resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
+        trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
         if resume and path.exists() and _can_restore(path):
-            return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
-        if path.exists():
-            shutil.rmtree(path)
-        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            run_config = tune.RunConfig(
+                name=phase, storage_path=str(self.storage), callbacks=[logger, progress], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            )
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+        results = tuner.fit()
+        if _interrupted(results, total):
+            raise SweepInterrupted(phase)
+        reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, _trial_ids(results))
+        return results
 
-    @staticmethod
-    def _trial_ids(results) -> set[str]:
-        return {t.trial_id for t in results._experiment_analysis.trials}
-
-    def _callback(self, phase: str) -> MLflowTrialLogger:
-        parents = {c["name"]: parent_run(self.client, self.exp_id, self.spec.name, c, phase) for c in self.cells}
-        tags = {c["name"]: {"sweep": self.spec.name, "cell": c["name"], "dataset": c["dataset"], "model": c["model"],
-                            "loss": c["loss"], "seed": str(c["seed"])} for c in self.cells}
-        self.parents = parents
-        return MLflowTrialLogger(self.uri, self.exp_id, parents, tags, phase,
-                                 unlogged_path=str(self.storage / f"mlflow_unlogged_{phase}.json"))
-
-    def search(self, resume: bool) -> dict:
+    def search(self, resume: bool) -> SearchOutcome:
         spec = self.spec
-        trainable, threads = _trainable(spec)
-        searcher = CellSearcher(
-            {c["name"]: (SpaceSampler(c["space"]), {**c["constants"], "_threads": threads}) for c in self.cells},
-            spec.search.num_samples, spec.search.max_concurrent, spec.metric, spec.mode, spec.search.seed)
+        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self.threads)
+        searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in self.cells.items()},
+                                spec.search.num_samples, spec.search.max_concurrent, spec.metric, spec.mode,
+                                spec.search.seed)
         scheduler = CellASHA(spec.metric, spec.mode, spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
+        total = spec.search.num_samples * len(self.cells)
         tune_config = tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
-            num_samples=spec.search.num_samples * len(self.cells),
+            metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler, num_samples=total,
             max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
             reuse_actors=True,  # a trial's process (torch, transformers imported) serves the next one
         )
-        callback = self._callback("search")
-        tuner = self._tuner("search", trainable, {}, tune_config, callback, resume,
-                            spec.search.num_samples * len(self.cells))
-        results = tuner.fit()
-        if _interrupted(results, spec.search.num_samples * len(self.cells)):
-            raise SweepInterrupted("search")
-        reconcile_trial_runs(self.client, self.exp_id, spec.name, "search", self._trial_ids(results))
-        self.optuna = optuna_states(self.storage / "search")
+        results = self._fit(plan, {}, tune_config, resume, total)
+        searcher.restore_from_dir(str(self.storage / "search"))  # the studies as Tune saved them at the end
         best = {}
-        for cell in self.cells:
-            trials = [r for r in results if r.config and r.config.get("_cell") == cell["name"]]
-            scored = [(r.metrics_dataframe[spec.metric].max() if spec.mode == "max" else r.metrics_dataframe[spec.metric].min(), r)
-                      for r in trials if r.metrics_dataframe is not None and spec.metric in r.metrics_dataframe]
-            scored = [(v, r) for v, r in scored if v == v]  # drop NaN
-            parent = self.parents[cell["name"]]
-            for state, count in self.optuna.get(cell["name"], {}).items():
+        pick = max if spec.mode == "max" else min
+        for name in self.cells:
+            scored = []
+            for result in results:
+                history = result.metrics_dataframe
+                if result.config.get(CELL) == name and history is not None and spec.metric in history:
+                    value = history[spec.metric].agg(spec.mode)  # the best epoch's value (NaN skipped)
+                    if value == value:
+                        scored.append((float(value), result))
+            if scored:
+                value, result = pick(scored, key=lambda pair: pair[0])
+                best[name] = BestTrial(plan.values(result.config), value, result.metrics["trial_id"])
+        return SearchOutcome(best, searcher.trial_states())
+
+    def replicate(self, search: SearchOutcome, resume: bool) -> ReplicateOutcome:
+        spec = self.spec
+        constants = {name: {k: v for k, v in best.config.items() if k != "seed"} for name, best in search.best.items()}
+        plan = PhasePlan("replicate", constants, self.threads, report_test=True, artifacts=spec.replicate.artifacts)
+        param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(spec.replicate.seeds)}
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
+        results = self._fit(plan, param_space, tune_config, resume, len(constants) * len(spec.replicate.seeds))
+        finals: dict[str, list[dict]] = {}
+        for result in results:
+            if result.error is None and result.metrics.get("final"):
+                finals.setdefault(result.config[CELL], []).append(result.metrics)
+        return ReplicateOutcome(finals)
+
+    # ---- recording in MLflow --------------------------------------------------------------------
+    def record_search(self, search: SearchOutcome) -> None:
+        for name, parent in self.parents["search"].items():
+            for state, count in search.optuna.get(name, {}).items():
                 self.client.log_metric(parent, f"optuna_{state.lower()}", count)
-            if not scored:
+            best = search.best.get(name)
+            if best is None:
                 self.client.set_tag(parent, "error", "no trial of this cell reported the metric")
                 self.client.set_terminated(parent, "FAILED")
                 continue
-            value, result = (max if spec.mode == "max" else min)(scored, key=lambda pair: pair[0])
-            config = {k: v for k, v in result.config.items() if not k.startswith("_")}
-            best[cell["name"]] = {"config": config, "value": float(value), "trial_id": result.path and Path(result.path).name}
-            self.client.log_metric(parent, f"best_{spec.metric}", float(value))
-            self.client.log_dict(parent, config, "best_config.json")
+            self.client.log_metric(parent, f"best_{self.spec.metric}", best.value)
+            self.client.log_dict(parent, best.config, "best_config.json")
             self.client.set_terminated(parent, "FINISHED")
-        return best
 
-    def replicate(self, best: dict, resume: bool) -> dict:
-        spec = self.spec
-        if not best:
-            return {}
-        trainable, threads = _trainable(spec)
-        replicas = []
-        for cell_name, info in best.items():
-            for seed in spec.replicate.seeds:
-                replicas.append({**info["config"], "seed": seed, "_cell": cell_name, "_threads": threads,
-                                 "_report_test": True, "_artifacts": spec.replicate.artifacts})
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
-        callback = self._callback("replicate")
-        tuner = self._tuner("replicate", trainable, {"_replica": tune.grid_search(replicas)}, tune_config, callback,
-                            resume, len(replicas))
-        results = tuner.fit()
-        if _interrupted(results, len(replicas)):
-            raise SweepInterrupted("replicate")
-        reconcile_trial_runs(self.client, self.exp_id, spec.name, "replicate", self._trial_ids(results))
-        out: dict[str, list[dict]] = {}
-        for r in results:
-            if r.error is None and r.metrics and r.metrics.get("final"):
-                out.setdefault(r.config["_replica"]["_cell"], []).append(r.metrics)
-        for cell in self.cells:
-            parent = self.parents[cell["name"]]
-            rows = out.get(cell["name"], [])
+    def record_replicate(self, replicate: ReplicateOutcome) -> None:
+        for name, parent in self.parents["replicate"].items():
+            rows = replicate.finals.get(name, [])
             for key in TEST_KEYS:
-                values = [row[key] for row in rows if key in row]
-                if values:
-                    self.client.log_metric(parent, f"{key}_mean", statistics.fmean(values))
-                    self.client.log_metric(parent, f"{key}_std", statistics.stdev(values) if len(values) > 1 else 0.0)
+                spread = mean_std(row[key] for row in rows if key in row)
+                if spread.n:
+                    self.client.log_metric(parent, f"{key}_mean", spread.mean)
+                    self.client.log_metric(parent, f"{key}_std", 0.0 if spread.n == 1 else spread.std)
             self.client.set_terminated(parent, "FINISHED" if rows else "FAILED")
-        return out
 
-    # ---- summary --------------------------------------------------------------------------------
-    def summarise(self, best: dict, replicate: dict) -> dict:
+    def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome) -> dict:
         spec = self.spec
         table = Table(title=f"sweep {spec.name}: best {spec.metric} (search) and test metrics (replicate seeds)")
         for column in ("cell", f"best {spec.metric}", "n", "test accuracy", "test macro-F1"):
             table.add_column(column)
         rows = []
-        for cell in self.cells:
-            name = cell["name"]
-            reps = replicate.get(name, [])
+        for name in self.cells:
+            reps = replicate.finals.get(name, [])
 
-            def fmt(key):
-                values = [r[key] for r in reps if key in r]
-                if not values:
-                    return "-"
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                return f"{100 * statistics.fmean(values):.2f} ± {100 * std:.2f}"
+            def fmt(key: str) -> str:
+                spread = mean_std(r[key] for r in reps if key in r)
+                return spread.format(scale=100) if spread.n else "-"
 
-            search_value = best.get(name, {}).get("value")
-            row = {"cell": name, "best": search_value, "n": len(reps), "test_accuracy": fmt("test_accuracy"),
-                   "test_macro_f1": fmt("test_macro_f1")}
+            best = search.best.get(name)
+            row = {"cell": name, "best": best.value if best else None, "n": len(reps),
+                   "test_accuracy": fmt("test_accuracy"), "test_macro_f1": fmt("test_macro_f1")}
             rows.append(row)
-            table.add_row(name, "-" if search_value is None else f"{search_value:.4f}", str(len(reps)),
-                          row["test_accuracy"], row["test_macro_f1"])
+            table.add_row(name, "-" if best is None else f"{best.value:.4f}", str(len(reps)), row["test_accuracy"],
+                          row["test_macro_f1"])
         console.print(table)
-        summary_run = self._summary_run()
+        best = {name: asdict(trial) for name, trial in search.best.items()}
+        run_id = summary_run(self.client, self.exp_id, spec)
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "summary.json").write_text(json.dumps({"cells": rows, "best": best}, indent=2, default=str))
             with open(Path(folder, "summary.txt"), "w") as f:
                 Console(file=f, width=160).print(table)
-            self.client.log_artifacts(summary_run, folder)
-        self.client.set_terminated(summary_run, "FINISHED")
-        return {"cells": rows, "best": best, "replicate": replicate, "experiment_id": self.exp_id,
-                "tracking_uri": self.uri, "optuna": getattr(self, "optuna", {})}
-
-    def _summary_run(self) -> str:
-        query = f"tags.sweep = '{self.spec.name}' and tags.kind = 'summary'"
-        found = self.client.search_runs([self.exp_id], query, max_results=1)
-        if found:
-            return found[0].info.run_id
-        tags = {"sweep": self.spec.name, "kind": "summary", "phase": "summary", "git_commit": git_commit(),
-                "package_versions": json.dumps(package_versions())}
-        run_id = self.client.create_run(self.exp_id, run_name="summary", tags=tags).info.run_id
-        spec = self.spec.model_dump(mode="json", by_alias=True)
-        spec["tracking_uri"] = redact(spec["tracking_uri"]) if spec.get("tracking_uri") else None
-        self.client.log_dict(run_id, spec, "spec.json")
-        return run_id
+            self.client.log_artifacts(run_id, folder)
+        self.client.set_terminated(run_id, "FINISHED")
+        return {"cells": rows, "best": best, "replicate": replicate.finals, "experiment_id": self.exp_id,
+                "tracking_uri": self.uri, "optuna": search.optuna}
 
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,

@@ -15,10 +15,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gloss_core.config import PROTOCOL_LOSSES, TrainConfig
+from gloss_core.config import TrainConfig
+from gloss_core.losses.registry import PROTOCOL_LOSSES
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
@@ -61,14 +63,26 @@ class Distribution(Strict):
             raise ValueError(f"loguniform needs positive bounds, got {list(lo_hi)}")
         return self
 
-    def suggest(self, trial, name: str):
+    def to_optuna(self) -> optuna.distributions.BaseDistribution:
         if self.loguniform:
-            return trial.suggest_float(name, *self.loguniform, log=True)
+            return optuna.distributions.FloatDistribution(*self.loguniform, log=True)
         if self.uniform:
-            return trial.suggest_float(name, *self.uniform)
+            return optuna.distributions.FloatDistribution(*self.uniform)
         if self.integer:
-            return trial.suggest_int(name, *self.integer)
-        return trial.suggest_categorical(name, self.choice)
+            return optuna.distributions.IntDistribution(*self.integer)
+        return optuna.distributions.CategoricalDistribution(self.choice)
+
+    def suggest(self, trial: optuna.Trial, name: str):
+        d = self.to_optuna()
+        if isinstance(d, optuna.distributions.FloatDistribution):
+            return trial.suggest_float(name, d.low, d.high, log=d.log)
+        if isinstance(d, optuna.distributions.IntDistribution):
+            return trial.suggest_int(name, d.low, d.high)
+        return trial.suggest_categorical(name, d.choices)
+
+    def lowest(self):
+        """The first choice or the low bound: a value every cell is checked with before Ray starts."""
+        return self.choice[0] if self.choice else (self.loguniform or self.uniform or self.integer)[0]
 
 
 class SpaceSampler:
@@ -175,31 +189,47 @@ class SweepSpec(Strict):
         return self
 
     # ---- the grid -------------------------------------------------------------------------------
-    def cells(self) -> list[dict]:
+    def cells(self) -> list[Cell]:
         """Every (dataset, model, loss variant, seed) cell with its constant training options."""
         out = []
         for dname, dopts in self.datasets.items():
             for mname, mopts in self.models.items():
                 for lname, variant in self.losses.items():
                     for seed in self.seeds:
-                        name = f"{dname}__{mname}__{lname}__s{seed}"
                         constants = {"epochs": self.asha.max_t, **self.train, **dopts, **mopts,
                                      "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed}
-                        out.append({"name": name, "dataset": dname, "model": mname, "loss": lname, "seed": seed,
-                                    "constants": constants, "space": variant.space})
+                        out.append(Cell(self.name, f"{dname}__{mname}__{lname}__s{seed}", dname, mname, lname, seed,
+                                        self.protocol, constants, variant.space))
         return out
 
-    def check_cells(self, base: Path | None = None) -> None:
-        """Build a TrainConfig for every cell (with the space's low values) so bad values fail now."""
+    def check_cells(self) -> None:
+        """Build a TrainConfig for every cell (with the space's lowest values) so bad values fail now."""
         for cell in self.cells():
-            values = dict(cell["constants"])
-            for key, dist in cell["space"].items():
-                values[key] = (dist.choice[0] if dist.choice else
-                               (dist.loguniform or dist.uniform or dist.integer)[0])
+            values = {**cell.constants, **{key: dist.lowest() for key, dist in cell.space.items()}}
             try:
                 TrainConfig.from_dict(values)
             except ValueError as err:
-                raise SpecError(f"cell {cell['name']}: {err}") from err
+                raise SpecError(f"cell {cell.name}: {err}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One grid cell: a dataset, a model, a loss variant and a seed, with its constant training
+    options and its search space. `tags()` are the MLflow tags every run of the cell carries."""
+
+    sweep: str
+    name: str
+    dataset: str
+    model: str
+    loss: str  # the loss variant's name in the spec
+    seed: int  # the grid's seed (a replicate trial trains with its own)
+    protocol: str
+    constants: dict[str, Any] = dataclasses.field(default_factory=dict)
+    space: dict[str, Distribution] = dataclasses.field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        return {"sweep": self.sweep, "cell": self.name, "dataset": self.dataset, "model": self.model,
+                "loss": self.loss, "seed": str(self.seed), "protocol": self.protocol}
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -1,20 +1,27 @@
-"""A sweep's progress, read from MLflow (works while it runs and after it ends)."""
+"""A sweep's progress, read from MLflow (works while it runs and after it ends).
+
+"Best" follows the sweep's recorded metric and mode in the search phase (the spec's own, e.g. a
+loss to minimise), and test macro-F1 in the replicate phase.
+"""
 
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from sweeps.resilience import redact
-from sweeps.tracking import default_tracking_uri
+from gloss_core.provenance import default_tracking_uri, redact
+from sweeps.record import read_record
+from sweeps.spec import DEFAULT_METRIC
 
 STATES = ("completed", "running", "stopped_early", "failed", "interrupted")
 
 
 def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise LookupError(f"no sweep named {name!r} in {redact(tracking_uri or default_tracking_uri())}")
+        raise LookupError(f"no sweep named {name!r} in {redact(uri)}")
+    spec = read_record(client, experiment.experiment_id, name).spec
     runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'", max_results=50000)
     rows: dict[tuple[str, str], dict] = {}
     for run in runs:
@@ -24,10 +31,13 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
                                     **{state: 0 for state in STATES}})
         state = tags.get("ended", "running")
         row[state if state in STATES else "running"] += 1
-        metric = "test_macro_f1" if key[0] == "replicate" else next(
-            (m for m in ("val_macro_f1", "val_macro_silhouette") if m in run.data.metrics), None)
-        if metric and metric in run.data.metrics:
-            value = run.data.metrics[metric]
-            if row["best"] is None or value > row["best"]:
-                row["best"], row["metric"] = value, metric
+        if key[0] == "replicate":
+            metric, mode = "test_macro_f1", "max"
+        elif spec is not None:
+            metric, mode = spec.metric, spec.mode
+        else:  # a sweep from before specs were recorded: the protocol's default metric
+            metric, mode = DEFAULT_METRIC.get(tags.get("protocol", ""), "val_macro_f1"), "max"
+        value = run.data.metrics.get(metric)
+        if value is not None and (row["best"] is None or (value > row["best"] if mode == "max" else value < row["best"])):
+            row["best"], row["metric"] = value, metric
     return [rows[k] for k in sorted(rows)]

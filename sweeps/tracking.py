@@ -2,8 +2,9 @@
 run per trial, logged from the Tune driver by a restore-safe, batched callback.
 
 Child runs carry the flat training config as params, per-epoch metrics with step = epoch, tags
-(sweep, dataset, model, loss, seed = the trial's training seed, cell_seed = the grid's seed, phase,
-cell, trial id, `ended` = completed | stopped_early | failed | interrupted, and the failure reason),
+(the cell's: sweep, cell, dataset, model, loss, protocol; and seed = the trial's training seed,
+cell_seed = the grid's seed, phase, trial id, `ended` = completed | stopped_early | failed |
+interrupted, and the failure reason),
 and at the end a metrics JSON, the validation curve and, when the trial's last checkpoint holds an
 `artifacts/` folder (replicate phase with `replicate.artifacts: true`), its test embeddings and
 adjacency matrices under `artifacts/`. Runs are keyed by trial id and the map survives
@@ -27,15 +28,11 @@ from ray.tune.logger import LoggerCallback
 from rich.console import Console
 
 from sweeps.resilience import WriteQueue
-
-from trainables.trainable import flat_config
+from sweeps.spec import Cell
+from trainables.plan import CELL, PhasePlan
 
 INTERNAL = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
             "iterations_since_restore", "pid", "done", "episodes_total", "timesteps_total"}
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -48,17 +45,17 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def parent_run(client: MlflowClient, exp_id: str, sweep: str, cell: dict, phase: str) -> str:
+def parent_run(client: MlflowClient, exp_id: str, cell: Cell, phase: str) -> str:
     """Get or create the parent run of one cell and phase (idempotent across resumes)."""
-    query = f"tags.sweep = '{sweep}' and tags.cell = '{cell['name']}' and tags.phase = '{phase}' and tags.kind = 'cell'"
+    query = (f"tags.sweep = '{cell.sweep}' and tags.cell = '{cell.name}' and tags.phase = '{phase}' "
+             "and tags.kind = 'cell'")
     found = client.search_runs([exp_id], query, max_results=1)
-    tags = {"sweep": sweep, "cell": cell["name"], "phase": phase, "kind": "cell", "dataset": cell["dataset"],
-            "model": cell["model"], "loss": cell["loss"], "seed": str(cell["seed"])}
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    return client.create_run(exp_id, run_name=f"{phase}:{cell['name']}", tags=tags).info.run_id
+    tags = {**cell.tags(), "phase": phase, "kind": "cell"}
+    return client.create_run(exp_id, run_name=f"{phase}:{cell.name}", tags=tags).info.run_id
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
@@ -90,14 +87,14 @@ class MLflowTrialLogger(LoggerCallback):
         tracking_uri: where MLflow lives.
         experiment: the sweep's experiment id.
         parents: cell name -> parent run id.
-        cell_tags: cell name -> tags for its trials.
-        phase: "search" or "replicate".
+        cells: cell name -> `Cell` (its tags go on every trial run).
+        plan: the phase's `PhasePlan`, which turns a trial's config into its full training config.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, parents: dict[str, str], cell_tags: dict[str, dict],
-                 phase: str, unlogged_path: str | None = None, flush_timeout_s: float = 120.0):
-        self.tracking_uri, self.experiment, self.phase = tracking_uri, experiment, phase
-        self.parents, self.cell_tags = parents, cell_tags
+    def __init__(self, tracking_uri: str, experiment: str, parents: dict[str, str], cells: dict[str, Cell],
+                 plan: PhasePlan, unlogged_path: str | None = None, flush_timeout_s: float = 120.0):
+        self.tracking_uri, self.experiment, self.plan, self.phase = tracking_uri, experiment, plan, plan.phase
+        self.parents, self.cells = parents, cells
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.curves: dict[str, list] = {}
         self.ended: set[str] = set()
@@ -126,21 +123,20 @@ class MLflowTrialLogger(LoggerCallback):
     def _run_id(self, trial) -> str:
         if trial.trial_id in self.runs:
             return self.runs[trial.trial_id]
-        values = flat_config(trial.config)
-        cell = values.get("_cell", "")
+        cell = self.cells[trial.config[CELL]]
         found = self.client.search_runs(
-            [self.experiment], f"tags.trial_id = '{trial.trial_id}' and tags.phase = '{self.phase}' and tags.cell = '{cell}'",
+            [self.experiment], f"tags.trial_id = '{trial.trial_id}' and tags.phase = '{self.phase}' and tags.cell = '{cell.name}'",
             max_results=1,
         )
         if found:
             run_id = found[0].info.run_id
         else:
-            cell_tags = self.cell_tags.get(cell, {})
-            tags = {**cell_tags, "seed": str(values.get("seed", cell_tags.get("seed", ""))),
-                    "cell_seed": cell_tags.get("seed", ""), "trial_id": trial.trial_id, "phase": self.phase, "kind": "trial",
-                    MLFLOW_PARENT_RUN_ID: self.parents[cell], MLFLOW_RUN_NAME: f"{cell}/{trial.trial_id}"}
+            values = self.plan.values(trial.config)
+            tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial.trial_id,
+                    "phase": self.phase, "kind": "trial", MLFLOW_PARENT_RUN_ID: self.parents[cell.name],
+                    MLFLOW_RUN_NAME: f"{cell.name}/{trial.trial_id}"}
             run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items()) if not k.startswith("_")]
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]
             for start in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[start:start + 100])
         self.runs[trial.trial_id] = run_id
@@ -173,11 +169,9 @@ class MLflowTrialLogger(LoggerCallback):
             self.client.set_tag(run_id, "node_id", result["node_id"])
             self._node_tagged.add(trial.trial_id)
         values = numbers = numeric_metrics(result)
-        if result.get("final"):  # the replicate's closing report: test metrics, not one more epoch
-            step = int(result.get("epochs_run", iteration))
+        step = epochs_trained(result)  # the replicate's closing report is no epoch of its own
+        if result.get("final"):  # its val_* are the best epoch's: logged once, as final_val_*
             values = {("final_" + k if k.startswith("val_") else k): v for k, v in values.items()}
-        else:
-            step = int(result.get("epoch", iteration))
         ts = int(float(result.get("timestamp") or time.time()) * 1000)  # when the trial reported, not when logged
         metrics = [Metric(k, v, ts, step) for k, v in values.items()]
         for start in range(0, len(metrics), 1000):
@@ -264,15 +258,25 @@ class ProgressPrinter(Callback):
 
     def _line(self, trial, ended: str) -> None:
         self.done += 1
-        last = trial.last_result or {}
-        cell = flat_config(trial.config).get("_cell", "?")
-        value = last.get(self.metric)
-        shown = f"{self.metric}={value:.4f}" if isinstance(value, (int, float)) else ""
-        self.console.print(f"[{self.phase} {self.done}/{self.total}] {cell} {trial.trial_id}: {ended} "
-                           f"after {last.get('training_iteration', 0)} epoch(s) {shown}", markup=False, highlight=False)
+        line = progress_line(f"{self.phase} {self.done}/{self.total}", trial.config.get(CELL, "?"), trial.trial_id,
+                             ended, trial.last_result or {}, self.metric)
+        self.console.print(line, markup=False, highlight=False)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "completed" if (trial.last_result or {}).get("last_epoch") else "stopped early (ASHA)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "FAILED")
+
+
+def epochs_trained(result: dict) -> int:
+    """Epochs a trial trained: its closing test report (replicate) is no epoch of its own."""
+    if result.get("final"):
+        return int(result.get("epochs_run", 0))
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
+def progress_line(where: str, cell: str, trial_id: str, ended: str, last: dict, metric: str) -> str:
+    value = last.get(metric)
+    shown = f" {metric}={value:.4f}" if isinstance(value, (int, float)) else ""
+    return f"[{where}] {cell} {trial_id}: {ended} after {epochs_trained(last)} epoch(s){shown}"

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from gloss_core.models import load_tokenizer, tiny_bert
+from gloss_core.models import load_tokenizer
+from tiny_models import tiny_bert
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -18,7 +18,7 @@ from statsmodels.stats.multitest import multipletests
 
 from analysis.load import load_runs
 from analysis.report import build
-from analysis.stats import bootstrap_ci, friedman_nemenyi, holm, min_wilcoxon_p, nemenyi_q, paired_test
+from analysis.stats import friedman_nemenyi, holm, min_wilcoxon_p, nemenyi_q, paired_test, stratified_bootstrap_ci
 from analysis.tables import table2, table3, table4, table5, table9
 
 GLOSS = str(Path(sys.executable).with_name("gloss"))
@@ -40,7 +40,7 @@ def log_run(client, exp_id, sweep, phase, method, loss, dataset, model, seed, me
             protocol="integrated", ended="completed", params=None, artifacts=None):
     tags = {"sweep": sweep, "kind": "trial", "phase": phase, "loss": method, "dataset": dataset, "model": model,
             "seed": str(seed), "cell": f"{dataset}__{model}__{method}__s0", "trial_id": f"t{np.random.randint(1e9)}",
-            "ended": ended}
+            "ended": ended, "protocol": protocol}
     run_id = client.create_run(exp_id, tags=tags).info.run_id
     values = {"loss": loss, "protocol": protocol, "seed": seed, "lr": 3e-5, **(params or {})}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
@@ -58,10 +58,15 @@ def log_run(client, exp_id, sweep, phase, method, loss, dataset, model, seed, me
 
 
 def log_summary(client, exp_id, sweep, spec):
+    """The sweep's summary run with its spec as the runner records it (validated, then dumped)."""
+    from sweeps.spec import SweepSpec
+
+    full = SweepSpec.model_validate({"name": sweep, "datasets": ["MR"], "models": {"bert-base": {"model": "bert-base"}},
+                                     **spec})
     run_id = client.create_run(exp_id, tags={"sweep": sweep, "kind": "summary", "phase": "summary",
                                              "git_commit": "abc123def456",
                                              "package_versions": json.dumps({"torch": "2.13.0"})}).info.run_id
-    client.log_dict(run_id, spec, "spec.json")
+    client.log_dict(run_id, full.model_dump(mode="json", by_alias=True), "spec.json")
     client.set_terminated(run_id)
 
 
@@ -184,7 +189,7 @@ def test_friedman_nemenyi_matches_scipy_and_hand_ranks():
 
 def test_bootstrap_ci_agrees_with_scipy():
     values = np.random.default_rng(1).normal(0.8, 0.02, 12)
-    point, low, high = bootstrap_ci(values, reps=20000)
+    point, low, high = stratified_bootstrap_ci({"one dataset": values}, reps=20000)
     ref = stats.bootstrap((values,), np.mean, method="percentile", n_resamples=20000, rng=np.random.default_rng(2))
     assert point == pytest.approx(values.mean())
     assert low == pytest.approx(ref.confidence_interval.low, abs=2e-3)

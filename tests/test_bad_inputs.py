@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gloss_core.config import TrainConfig
-from gloss_core.components import load_splits
+from gloss_core.data import load_splits
 from gloss_core.models import resolve_model_path
 from sweeps.spec import load_spec
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gloss_core.batching import Batches, cache_dir
+from gloss_core.data.batching import Batches, cache_dir
 from gloss_core.data import DataError, load_csv_splits, load_hf_splits
 from gloss_core.models import load_tokenizer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from gloss_core.checkpoint import load_checkpoint, save_checkpoint
+from gloss_core.training.checkpoint import load_checkpoint, save_checkpoint
 from sweeps.resilience import redact
 from sweeps.spec import load_spec
 
@@ -68,6 +68,7 @@ def test_redact_hides_passwords():
 
 
 def test_a_password_in_the_spec_never_reaches_the_store(tmp_path):
+    from sweeps.record import summary_run
     from sweeps.runner import SweepRunner
 
     path = tmp_path / "s.yaml"
@@ -76,7 +77,7 @@ def test_a_password_in_the_spec_never_reaches_the_store(tmp_path):
     spec = load_spec(path)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     runner = SweepRunner(spec, uri, str(tmp_path / "ray_results"))
-    run_id = runner._summary_run()
+    run_id = summary_run(runner.client, runner.exp_id, spec)
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     stored = json.dumps(run.data.tags) + json.dumps(run.data.params)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import oracles
-from gloss_core.masking import sample_labeled_mask
-from gloss_core.sigma import BatchSqrtSigma, FixedSigma, dicm_sigma, make_sigma, sqrt_rule_sigma
+from gloss_core.graph.masking import sample_labeled_mask
+from gloss_core.graph.sigma import BatchSqrtSigma, FixedSigma, dicm_sigma, make_sigma, sqrt_rule_sigma
 
 
 @pytest.mark.parametrize("n", [2, 5, 6, 40, 41])
@@ -107,7 +107,7 @@ def test_sqrt_rule_streams_20000_embeddings_in_bounded_memory():
 
     code = (
         "import resource, torch\n"
-        "from gloss_core.sigma import sqrt_rule_sigma\n"
+        "from gloss_core.graph.sigma import sqrt_rule_sigma\n"
         "emb = torch.randn(20000, 32, generator=torch.Generator().manual_seed(0))\n"
         "s = sqrt_rule_sigma(emb)\n"
         "print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
@@ -119,7 +119,7 @@ def test_sqrt_rule_streams_20000_embeddings_in_bounded_memory():
 
 
 def test_scaled_sigma():
-    from gloss_core.sigma import ScaledSigma, scaled_sigma
+    from gloss_core.graph.sigma import ScaledSigma, scaled_sigma
 
     assert scaled_sigma(FixedSigma(0.4), 2.5) == FixedSigma(1.0)
     emb = torch.randn(20, 4, dtype=torch.float64)

@@ -84,6 +84,11 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"metrics.json", "validation_curve.csv"} <= artifacts
 
+    # each cell's best trial is named by its trial id, the id its MLflow run carries
+    ids_by_cell = {cell: {r.data.tags["trial_id"] for r in runs if r.data.tags["cell"] == cell} for cell in parents}
+    for cell, best in summary["best"].items():
+        assert best["trial_id"] in ids_by_cell[cell]
+
     # ASHA stopped some trials, and Optuna recorded exactly those as pruned
     stopped = [r for r in runs if r.data.tags["ended"] == "stopped_early"]
     assert stopped, "ASHA stopped no trial"

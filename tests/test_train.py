@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 from gloss_cli import app
 from gloss_core.data import DataError, load_csv_splits
 from gloss_core.models import TextClassifier, load_tokenizer, resolve_model_path
-from gloss_core.synthetic import synthetic_splits
-from gloss_core.train import TrainConfig, balanced_weights, train
+from gloss_core.data.synthetic import synthetic_splits
+from gloss_core.config import TrainConfig
+from gloss_core.train import train
+from gloss_core.training.build import balanced_weights
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,7 +40,7 @@ def test_forward_returns_logits_and_embeddings(tiny_model_dir):
 def test_tiny_run_is_reproducible(tiny_model_dir, loss):
     config = TrainConfig(model=tiny_model_dir, loss=loss, epochs=2, batch_size=16, lr=1e-3, sigma="sqrt" if loss == "gloss" else 1.0)
     seen = []
-    first = train(config, report=seen.append)
+    first = train(config, report=lambda metrics, folder: seen.append(metrics))
     second = train(config)
     assert [h["epoch"] for h in seen] == [1, 2]
     for key in ("val_macro_f1", "test_macro_f1", "test_accuracy", "best_epoch"):
@@ -128,9 +130,9 @@ def test_best_epoch_weights_are_restored_for_test(tiny_model_dir, tmp_path):
     result = train(config, report=lambda m, f: states.update({m["epoch"]: torch.load(Path(f) / "state.pt", weights_only=True)}))
     assert result["best_epoch"] < result["epochs_run"], "precondition: the best epoch is not the last one"
     tokenizer = load_tokenizer(tiny_model_dir)
-    from gloss_core.batching import Batches
-    from gloss_core.components import load_splits
-    from gloss_core.metrics import classification_metrics
+    from gloss_core.data.batching import Batches
+    from gloss_core.data import load_splits
+    from gloss_core.training.metrics import classification_metrics
 
     splits = load_splits(config)
     test = Batches(splits.test, tokenizer, 16)
@@ -185,7 +187,7 @@ def test_hf_source_through_the_config(tiny_model_dir, tmp_path):
 
 def test_silhouettes_match_oracle():
     import oracles
-    from gloss_core.metrics import silhouettes
+    from gloss_core.training.metrics import silhouettes
 
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(30, 5, generator=g, dtype=torch.float64)
@@ -198,7 +200,7 @@ def test_silhouettes_match_oracle():
 
 
 def test_schedules():
-    from gloss_core.components import make_scheduler
+    from gloss_core.training.build import make_scheduler
 
     def lrs(**kw):
         config = TrainConfig(epochs=4, lr=1.0, **kw)
@@ -242,7 +244,7 @@ def test_cli_checkpoint_dir_and_resume(tiny_model_dir, tmp_path):
 
 
 def test_linear_probe_separates_nearly_constant_features():
-    from gloss_core.probe import train_linear_probe
+    from gloss_core.training.probe import train_linear_probe
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 2
@@ -256,7 +258,7 @@ def test_linear_probe_separates_nearly_constant_features():
 
 @pytest.mark.parametrize("architecture", ["roberta", "distilbert"])
 def test_other_encoder_families_train_from_local_folders(tmp_path, architecture):
-    from gloss_core.models import tiny_encoder
+    from tiny_models import tiny_encoder
 
     tiny_encoder(architecture).save_pretrained(tmp_path)
     load_tokenizer("minilm").save_pretrained(tmp_path)
@@ -267,3 +269,36 @@ def test_other_encoder_families_train_from_local_folders(tmp_path, architecture)
 def test_bf16_autocast_run_on_cpu(tiny_model_dir):
     result = train(TrainConfig(model=tiny_model_dir, loss="gloss", epochs=1, batch_size=16, precision="bf16"))
     assert np.isfinite(result["history"][0]["train_loss"])
+
+
+@pytest.mark.parametrize("sigma", [1.5, "sqrt"])
+def test_a_resumed_run_applies_sigma_scale_once(tiny_model_dir, tmp_path, sigma):
+    config = TrainConfig(model=tiny_model_dir, loss="gloss", epochs=3, batch_size=16, lr=1e-3, sigma=sigma,
+                         sigma_scale=2.0)
+
+    def keep_epoch_1(metrics, folder):
+        if metrics["epoch"] == 1:
+            shutil.copytree(folder, tmp_path / "ckpt")
+
+    full = train(config, report=keep_epoch_1)
+    if sigma == 1.5:
+        assert full["sigma"] == pytest.approx(3.0)
+    resumed = train(config, report=lambda m, f: None, resume_from=str(tmp_path / "ckpt"))
+    assert resumed["sigma"] == full["sigma"]
+    _same_run(full, resumed)
+
+
+def test_probe_epochs_must_be_positive():
+    with pytest.raises(ValueError, match="probe_epochs must be >= 1, got 0"):
+        TrainConfig(protocol="standalone", loss="scl", probe_epochs=0)
+
+
+def test_limit_subsets_depend_on_the_subset_seed_not_the_run_seed():
+    from gloss_core.data import load_splits
+
+    mr = str(SHARED_DATA / "MR")
+    a, b = load_splits(TrainConfig(data=mr, limit=64, seed=1)), load_splits(TrainConfig(data=mr, limit=64, seed=2))
+    for split in ("train", "val", "test"):
+        assert getattr(a, split).texts == getattr(b, split).texts, split
+    other = load_splits(TrainConfig(data=mr, limit=64, seed=1, subset_seed=7))
+    assert other.train.texts != a.train.texts

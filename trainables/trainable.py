@@ -1,14 +1,14 @@
 """The Ray Tune function trainable: one `gloss_core.train.train` run, reporting through `tune.report`.
 
-The trial config is a flat `TrainConfig` dict plus bookkeeping keys that start with "_" (cell,
-phase, ...), which the trainable drops. Each epoch reports its metrics with a checkpoint;
+`gloss_trainable(config, plan)`: the trial's config (its cell and varied values) plus the phase's
+`PhasePlan` (`tune.with_parameters`). Each epoch reports its metrics with a checkpoint;
 `tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
-normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from
-"stopped early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and
-whether this attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or
-restore). With `_artifacts`, the replicate trial's final report carries a checkpoint whose
-`artifacts/` folder holds the test embeddings and one batch's adjacency per epoch. NaN metrics
-and `NonFiniteEmbeddingsError` end the trial as failed.
+normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from "stopped
+early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and whether this
+attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or restore). A
+replicate trial closes with one report of its test metrics (`final=True`), whose checkpoint's
+`artifacts/` folder holds the test embeddings and one batch's adjacency per epoch when the plan asks
+for them. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
@@ -16,63 +16,69 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from contextlib import nullcontext
+from dataclasses import replace
 
 import ray
 import torch
 from ray import tune
 
-from gloss_core.config import TrainConfig
+from gloss_core.config import Report, TrainConfig
 from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.train import train
+from trainables.plan import PhasePlan
 
 
 class TrialFailed(RuntimeError):
     """A trial that cannot go on (NaN metric, non-finite embeddings); the message is the reason."""
 
 
-def flat_config(config: dict) -> dict:
-    """The trial's values: a replicate trial carries its whole config under `_replica`."""
-    return {**config, **config.get("_replica", {})}
+def numeric(metrics: dict) -> dict:
+    """The numbers (and flags) of a metrics dict: what Tune and MLflow can take."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool)) and v is not None}
 
 
-def train_config(config: dict) -> TrainConfig:
-    return TrainConfig.from_dict({k: v for k, v in flat_config(config).items() if not k.startswith("_")})
+def nan_failures(metrics: dict) -> list[str]:
+    """Metrics whose NaN means the run broke. Silhouettes are exempt: they are NaN by definition
+    when fewer than two classes have two samples, for the macro and micro forms alike."""
+    return [k for k, v in metrics.items()
+            if isinstance(v, float) and math.isnan(v) and not k.endswith("_silhouette")]
 
 
-def gloss_trainable(config: dict) -> None:
-    config = flat_config(config)
-    threads = config.get("_threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    run_config = train_config(config)
-    final_report = bool(config.get("_report_test", False))
-    artifacts = tempfile.TemporaryDirectory() if config.get("_artifacts") else None
-    if artifacts is not None:  # test embeddings and adjacency, handed over in the final checkpoint
-        run_config.artifacts_dir = os.path.join(artifacts.name, "artifacts")
+def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from: str | None = None) -> dict:
+    """One trial without Ray: train, then, for the replicate phase, one closing report of the test
+    metrics whose checkpoint folder holds the artifacts. The scratch folder of the artifacts is
+    removed however the run ends."""
+    with tempfile.TemporaryDirectory(prefix="gloss-trial-") if plan.artifacts else nullcontext() as scratch:
+        if scratch is not None:
+            config = replace(config, artifacts_dir=os.path.join(scratch, "artifacts"))
+        try:
+            result = train(config, report, resume_from)
+        except NonFiniteEmbeddingsError as err:
+            raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
+        if plan.report_test:
+            summary = {k: v for k, v in numeric(result).items() if not isinstance(v, bool)}
+            report({**summary, "last_epoch": True, "final": True}, scratch)
+        return result
 
+
+def gloss_trainable(config: dict, plan: PhasePlan) -> None:
+    torch.set_num_threads(plan.threads)
     checkpoint = tune.get_checkpoint()
     where = {"node_id": ray.get_runtime_context().get_node_id(),  # which node ran it (a tag in MLflow)
              "resumed_from_checkpoint": 1.0 if checkpoint is not None else 0.0}
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
-        bad = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v) and k != "val_macro_silhouette"]
+        metrics = numeric(metrics)
+        bad = nan_failures(metrics)
         if bad:
             raise TrialFailed(f"NaN metric(s) {bad} at epoch {metrics.get('epoch')}")
-        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**metrics, **where}, checkpoint=checkpoint)
+        saved = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({**metrics, **where}, checkpoint=saved)
 
-    try:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                result = train(run_config, report=report, resume_from=folder)
-        else:
-            result = train(run_config, report=report)
-    except NonFiniteEmbeddingsError as err:
-        raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
-    if final_report:  # replicate phase (no scheduler): one last report with the test metrics
-        summary = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        checkpoint = tune.Checkpoint.from_directory(artifacts.name) if artifacts is not None else None
-        tune.report({**summary, "last_epoch": True, "final": True}, checkpoint=checkpoint)
-    if artifacts is not None:
-        artifacts.cleanup()
+    run_config = plan.train_config(config)
+    if checkpoint is None:
+        run_trial(run_config, plan, report)
+    else:
+        with checkpoint.as_directory() as folder:
+            run_trial(run_config, plan, report, folder)

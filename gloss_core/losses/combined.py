@@ -1,15 +1,20 @@
-"""The integrated objective `(1 - lam) * CE + lam * aux` on one forward pass (method.md, section 1.7)."""
+"""The integrated objective `(1 - lam) * CE + lam * aux` on one forward pass (docs/method.md, section 1.7)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from gloss_core.losses.base import check_fraction
+
+
+def check_lam(lam: float) -> float:
+    return check_fraction("lambda", lam, "weight of the auxiliary loss")
+
 
 def combined_loss(ce: torch.Tensor, aux: torch.Tensor, lam: float) -> torch.Tensor:
     """`(1 - lam) * ce + lam * aux`; `lam` in [0, 1]."""
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda (weight of the auxiliary loss) must lie in [0, 1], got {lam}")
+    check_lam(lam)
     return (1.0 - lam) * ce + lam * aux
 
 
@@ -21,7 +26,8 @@ class CombinedLoss(nn.Module):
     Args:
         aux_loss: a module called as `aux_loss(embeddings, labels)` (GLoss, SupConLoss, ...), or
             None for plain CE.
-        lam: weight of the auxiliary loss (reference: 0.9 for SCL; G-Loss searches 0.5-0.9).
+        lam: weight of the auxiliary loss (reference: 0.9 for SCL; G-Loss searches 0.5-0.9);
+            checked here, once.
         class_weights: optional `[C]` weights for the cross-entropy.
 
     Example:
@@ -35,8 +41,7 @@ class CombinedLoss(nn.Module):
 
     def __init__(self, aux_loss: nn.Module | None = None, lam: float = 0.9, class_weights: torch.Tensor | None = None):
         super().__init__()
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+        check_lam(lam)
         self.aux_loss = aux_loss
         self.lam = lam if aux_loss is not None else 0.0
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -47,4 +52,4 @@ class CombinedLoss(nn.Module):
         ce = nn.functional.cross_entropy(logits, labels, weight=weights)
         if self.aux_loss is None:
             return ce
-        return combined_loss(ce, self.aux_loss(embeddings, labels), self.lam)
+        return (1.0 - self.lam) * ce + self.lam * self.aux_loss(embeddings, labels)

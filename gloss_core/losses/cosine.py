@@ -5,29 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gloss_core.graph import check_finite
-from gloss_core.losses.gloss import loss_dtype, zero_loss
+from gloss_core.losses.base import EmbeddingLoss
 
 
-def cosine_similarity_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+class CosineSimilarityLoss(EmbeddingLoss):
     """Mean over pairs i<j of `(cos(e_i, e_j) - 1[y_i == y_j])^2`; 0 (attached) for n < 2.
 
     References:
         Reimers & Gurevych (2019), Sentence-BERT; sentence-transformers `CosineSimilarityLoss`.
-    """
-    check_finite(embeddings)
-    n = embeddings.shape[0]
-    if n < 2:
-        return zero_loss(embeddings)
-    z = nn.functional.normalize(embeddings.to(loss_dtype(embeddings)), dim=1)
-    rows, cols = torch.triu_indices(n, n, offset=1, device=z.device)
-    cos = (z @ z.T)[rows, cols]
-    target = (labels[rows] == labels[cols]).to(cos.dtype)
-    return ((cos - target) ** 2).mean().to(loss_dtype(embeddings))
-
-
-class CosineSimilarityLoss(nn.Module):
-    """Module form of `cosine_similarity_loss`.
 
     Example:
         >>> import torch
@@ -35,8 +20,17 @@ class CosineSimilarityLoss(nn.Module):
         torch.Size([])
     """
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cosine_similarity_loss(embeddings, labels)
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        n = embeddings.shape[0]
+        if n < 2:
+            return None
+        z = nn.functional.normalize(embeddings, dim=1)
+        rows, cols = torch.triu_indices(n, n, offset=1, device=z.device)
+        cos = (z @ z.T)[rows, cols]
+        target = (labels[rows] == labels[cols]).to(cos.dtype)
+        return ((cos - target) ** 2).mean()
 
-    def get_config_dict(self) -> dict:
-        return {}
+
+def cosine_similarity_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Functional form of `CosineSimilarityLoss`."""
+    return CosineSimilarityLoss()(embeddings, labels)

@@ -1,4 +1,4 @@
-"""G-Loss: the graph-guided loss of paper eq. (1) (method.md, section 1)."""
+"""G-Loss: the graph-guided loss of paper eq. (1) (docs/method.md, section 1)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,23 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gloss_core.graph import Sigma, propagate_labels
-from gloss_core.masking import sample_labeled_mask
-from gloss_core.sigma import FixedSigma, SigmaStrategy, make_sigma
+from gloss_core.graph.masking import LabelMask
+from gloss_core.graph.propagation import Sigma, propagate_labels
+from gloss_core.graph.sigma import FixedSigma, SigmaStrategy, make_sigma
+from gloss_core.losses.base import EmbeddingLoss, check_finite, loss_dtype, zero_loss
 
 Formulation = Literal["paper", "reference"]
+FORMULATIONS = ("paper", "reference")
 
 # F is clamped here before the log. It sits far above the LEAK-sized mass that a class with no
 # labeled node receives, so such nodes add a constant term with no (spurious) gradient.
 LOG_FLOOR = 1e-8
 
 
-def loss_dtype(embeddings: torch.Tensor) -> torch.dtype:
-    """Losses come back in the embeddings' dtype, promoted to at least float32."""
-    return torch.promote_types(embeddings.dtype, torch.float32)
-
-
-def zero_loss(embeddings: torch.Tensor) -> torch.Tensor:
-    """A scalar 0 that is still attached to the graph, so `backward()` works and gives zeros."""
-    return (embeddings.sum() * 0.0).to(loss_dtype(embeddings))
+def check_formulation(formulation: str) -> str:
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be 'paper' or 'reference', got {formulation!r}")
+    return formulation
 
 
 def g_loss(
@@ -73,39 +71,48 @@ def g_loss(
         >>> labeled = torch.tensor([True, True, False, True, True, False])
         >>> g_loss(emb, y, labeled, sigma=0.5, num_classes=2).backward()
     """
-    if formulation not in ("paper", "reference"):
-        raise ValueError(f"formulation must be 'paper' or 'reference', got {formulation!r}")
+    check_formulation(formulation)
+    if isinstance(sigma, (int, float)):
+        sigma = FixedSigma(float(sigma)).value  # checks it is a positive finite number
+    check_finite(embeddings)
+    loss = propagation_nll(embeddings, labels, labeled, sigma, num_classes, class_weights, formulation, timer)
+    return zero_loss(embeddings) if loss is None else loss.to(loss_dtype(embeddings))
+
+
+def propagation_nll(embeddings: torch.Tensor, labels: torch.Tensor, labeled: torch.Tensor, sigma: Sigma,
+                    num_classes: int, class_weights: torch.Tensor | None, formulation: Formulation,
+                    timer=None) -> torch.Tensor | None:
+    """The loss of `g_loss` on checked inputs, in float64; None when no node is hidden or none is labeled."""
     F_u = propagate_labels(embeddings, labels, labeled, sigma, num_classes, timer=timer)
     labeled = labeled.to(embeddings.device)
     n_hidden = F_u.shape[0]
     if n_hidden == 0 or n_hidden == labeled.shape[0]:
-        return zero_loss(embeddings)
+        return None
     y_u = labels.to(embeddings.device)[~labeled]
     weights = None if class_weights is None else class_weights.to(F_u.device, torch.float64)
     if formulation == "reference":
-        loss = nn.functional.cross_entropy(F_u, y_u, weight=weights) / n_hidden
-    else:
-        nll = -F_u.gather(1, y_u[:, None]).squeeze(1).clamp_min(LOG_FLOOR).log()
-        if weights is None:
-            loss = nll.mean()
-        else:
-            w = weights[y_u]
-            loss = (w * nll).sum() / w.sum()
-    return loss.to(loss_dtype(embeddings))
+        return nn.functional.cross_entropy(F_u, y_u, weight=weights) / n_hidden
+    nll = -F_u.gather(1, y_u[:, None]).squeeze(1).clamp_min(LOG_FLOOR).log()
+    if weights is None:
+        return nll.mean()
+    w = weights[y_u]
+    return (w * nll).sum() / w.sum()
 
 
-class GLoss(nn.Module):
-    """G-Loss as a module: draws the label mask, picks sigma, and calls `g_loss`.
+class GLoss(EmbeddingLoss):
+    """G-Loss as a module: draws the label mask, picks sigma, and scores the hidden nodes.
 
     Args:
         num_classes: C.
         gamma: fraction of the batch that KEEPS its label (paper's ablation favours 0.5-0.7).
-        sigma: a float (G-Loss-O), or a strategy from `gloss_core.sigma` (`FixedSigma` holding the
-            SQRT-rule value, `BatchSqrtSigma`, ...), or "batch_sqrt".
+        sigma: a float (G-Loss-O), or a strategy from `gloss_core.graph.sigma` (`FixedSigma` holding
+            the SQRT-rule value, `BatchSqrtSigma`, ...), or "batch_sqrt".
         class_weights: optional `[C]` tensor of per-class weights.
         seed: seed of the mask generator (a CPU `torch.Generator`), recorded with the run.
         stratified: every class with >= 2 members in the batch keeps a labeled node.
         formulation: "paper" (default) or "reference" (see `g_loss`).
+
+    gamma, sigma and the formulation are checked here, once.
 
     References:
         G-Loss: Graph-Guided Fine-Tuning of Language Models (LoG 2025).
@@ -129,44 +136,25 @@ class GLoss(nn.Module):
         formulation: Formulation = "paper",
     ):
         super().__init__()
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
         self.num_classes = num_classes
-        self.gamma = gamma
+        self.mask = LabelMask(gamma, seed, stratified)
         self.sigma = make_sigma(sigma)
-        self.stratified = stratified
-        self.formulation = formulation
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.formulation = check_formulation(formulation)
         self.timer = None  # a PhaseTimer, set by the training loop to time graph and propagation
         self.register_buffer("class_weights", class_weights, persistent=False)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labeled = sample_labeled_mask(labels, self.gamma, self.generator, stratified=self.stratified)
-        return g_loss(
-            embeddings,
-            labels,
-            labeled,
-            self.sigma(embeddings),
-            self.num_classes,
-            self.class_weights,
-            formulation=self.formulation,
-            timer=self.timer,
-        )
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        return propagation_nll(embeddings, labels, self.mask(labels), self.sigma(embeddings), self.num_classes,
+                               self.class_weights, self.formulation, self.timer)
 
     def get_extra_state(self) -> dict:
         """The mask generator's state travels in `state_dict()`, so a resumed run draws the same masks."""
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.mask.get_state()}
 
     def set_extra_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.mask.set_state(state["generator"])
 
     def get_config_dict(self) -> dict:
         sigma = self.sigma.value if isinstance(self.sigma, FixedSigma) else type(self.sigma).__name__
-        return {
-            "gamma": self.gamma,
-            "sigma": sigma,
-            "seed": self.seed,
-            "stratified": self.stratified,
-            "formulation": self.formulation,
-        }
+        return {"gamma": self.mask.gamma, "sigma": sigma, "seed": self.mask.seed, "stratified": self.mask.stratified,
+                "formulation": self.formulation}

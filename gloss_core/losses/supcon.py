@@ -5,43 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gloss_core.graph import check_finite
-from gloss_core.losses.gloss import loss_dtype, zero_loss
+from gloss_core.losses.base import EmbeddingLoss, check_at_least
 
 
-def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+class SupConLoss(EmbeddingLoss):
     """SupCon "L_out": for each anchor i with at least one positive,
     `-1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/t) / sum_{a != i} exp(z_i.z_a/t) )`, averaged over
     those anchors. 0 (attached) when no anchor has a positive.
 
     Args:
-        embeddings: `[n, d]`; normalised here.
-        labels: `[n]` class ids.
-        temperature: tau (the reference searches {0.1, 0.3, 0.5, 0.7}).
+        temperature: tau (the reference searches {0.1, 0.3, 0.5, 0.7}); checked here, once.
 
     References:
         Khosla et al. (2020), Supervised Contrastive Learning, eq. (2).
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    check_finite(embeddings)
-    n = embeddings.shape[0]
-    z = nn.functional.normalize(embeddings.to(loss_dtype(embeddings)), dim=1)
-    logits = z @ z.T / temperature
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    n_pos = positives.sum(dim=1)
-    has_pos = n_pos > 0
-    if n < 2 or not bool(has_pos.any()):
-        return zero_loss(embeddings)
-    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / n_pos.clamp_min(1)
-    return per_anchor[has_pos].mean().to(loss_dtype(embeddings))
-
-
-class SupConLoss(nn.Module):
-    """Module form of `supcon_loss`.
 
     Example:
         >>> import torch
@@ -51,10 +27,26 @@ class SupConLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1):
         super().__init__()
-        self.temperature = temperature
+        self.temperature = check_at_least("temperature", temperature, 0.0, strict=True)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return supcon_loss(embeddings, labels, self.temperature)
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        n = embeddings.shape[0]
+        z = nn.functional.normalize(embeddings, dim=1)
+        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+        logits = (z @ z.T / self.temperature).masked_fill(self_mask, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positives = (labels[:, None] == labels[None, :]) & ~self_mask
+        n_pos = positives.sum(dim=1)
+        has_pos = n_pos > 0
+        if n < 2 or not bool(has_pos.any()):
+            return None
+        per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(dim=1) / n_pos.clamp_min(1)
+        return per_anchor[has_pos].mean()
 
     def get_config_dict(self) -> dict:
         return {"temperature": self.temperature}
+
+
+def supcon_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Functional form of `SupConLoss` (embeddings `[n, d]`, normalised inside; labels `[n]`)."""
+    return SupConLoss(temperature)(embeddings, labels)

@@ -1,7 +1,8 @@
-"""The epoch loop behind `gloss_core.train.train`: one `Run` holds the model, optimiser and state.
+"""The epoch loop of one run: `Run` fits, evaluates, checkpoints and gives the final result.
 
-Hooks stay outside: per-epoch metrics and a checkpoint folder go to the injected `report`.
-`.item()`-style host syncs happen once per epoch (the loss total), at the log point.
+A run is built by `gloss_core.training.build.build_run`. Hooks stay outside: per-epoch metrics and
+a checkpoint folder go to an injected `report(metrics, checkpoint_dir)`. Host syncs happen once per
+epoch (the loss total), at the log point.
 """
 
 from __future__ import annotations
@@ -10,74 +11,66 @@ import contextlib
 import math
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gloss_core.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gloss_core.config import Report, TrainConfig
 from gloss_core.errors import NonFiniteEmbeddingsError
-from gloss_core.components import autocast_dtype, balanced_weights, build_loss, make_scheduler
-from gloss_core.graph import gaussian_affinity
-from gloss_core.losses import GLoss
-from gloss_core.metrics import classification_metrics, silhouettes
-from gloss_core.probe import train_linear_probe
-from gloss_core.sigma import BatchSqrtSigma, FixedSigma
+from gloss_core.graph.propagation import gaussian_affinity
+from gloss_core.graph.sigma import BatchSqrtSigma, FixedSigma
+from gloss_core.losses.gloss import GLoss
 from gloss_core.timing import PhaseTimer
+from gloss_core.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gloss_core.training.metrics import classification_metrics, silhouettes
+from gloss_core.training.probe import train_linear_probe
 
 ADJACENCY_BATCH = 64  # rows of the fixed training batch whose adjacency is saved per epoch
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed(model, batches, device: torch.device, autocast: torch.dtype | None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, embeddings (float32, on the CPU) and labels of every batch, in eval mode."""
+    model.eval()
+    logits, embeddings, labels = [], [], []
+    for inputs, y in batches:
+        with autocast_context(device, autocast):
+            out, emb = model(**{k: v.to(device) for k, v in inputs.items()})
+        logits.append(out.float().cpu())
+        embeddings.append(emb.float().cpu())
+        labels.append(y)
+    return torch.cat(logits), torch.cat(embeddings), torch.cat(labels)
+
+
 class Run:
-    def __init__(self, config, model, splits, device, train_batches, val_batches, test_batches, eval_train):
-        self.config, self.model, self.splits, self.device = config, model, splits, device
-        self.train_batches, self.val_batches, self.test_batches = train_batches, val_batches, test_batches
-        self._make_eval_train = eval_train  # builds unshuffled train batches, once, when first needed
-        self._eval_train = None
+    """One run's model, data, loss, optimiser and state. Built by `build_run`; see its order."""
+
+    def __init__(self, config: TrainConfig, model, data, device: torch.device, autocast: torch.dtype | None,
+                 class_weights, loss_fn, optimizer, scheduler):
+        self.config, self.model, self.data, self.device, self.autocast = config, model, data, device, autocast
+        self.class_weights, self.loss_fn, self.optimizer, self.scheduler = class_weights, loss_fn, optimizer, scheduler
         self.standalone = config.protocol == "standalone"
-        self.weights = (balanced_weights(splits.train.labels, splits.num_classes).to(device)
-                        if config.class_weights == "balanced" else None)
-        dtype = autocast_dtype(config, device)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         self.timer = PhaseTimer(device, enabled=config.timing)
-        params = [p for n, p in model.named_parameters() if not (self.standalone and n.startswith("head."))]
-        optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = make_scheduler(config, self.optimizer, len(train_batches))
+        if isinstance(loss_fn.aux_loss, GLoss):
+            loss_fn.aux_loss.timer = self.timer
         self.epoch = 0
         self.best = {"best_epoch": 0, "selection": -math.inf}
         self.best_state = None
         self.history: list[dict] = []
-        self.sigma_value: float | None = None
-        self.loss_fn = None
 
-    def eval_train(self):
-        """Unshuffled train batches (sigma rules, adjacency artifacts, the linear probe)."""
-        if self._eval_train is None:
-            self._eval_train = self._make_eval_train()
-        return self._eval_train
-
-    # ---- set-up and checkpoints -------------------------------------------------------------
-    def setup_loss(self, state: dict | None = None) -> None:
-        """Build the loss; sigma by the SQRT / DICM rule comes from the encoder before fine-tuning
-        (or from the checkpoint, on resume)."""
-        config = self.config
-        sigma_spec = config.sigma
-        if state is not None and state.get("sigma_value") is not None:
-            sigma_spec = float(state["sigma_value"])
-        train_emb = None
-        if config.loss == "gloss" and sigma_spec in ("sqrt", "dicm"):
-            _, train_emb, _ = self.embed(self.eval_train())
-        config_for_loss = config if sigma_spec == config.sigma else replace(config, sigma=sigma_spec)
-        self.loss_fn = build_loss(config_for_loss, self.splits.num_classes, self.weights, train_emb,
-                                  self.splits.train.labels).to(self.device)
+    @property
+    def sigma_value(self) -> float | None:
+        """G-Loss's fixed kernel width (already scaled), or None (another loss, or a per-batch rule)."""
         aux = self.loss_fn.aux_loss
-        if isinstance(aux, GLoss):
-            aux.timer = self.timer
-            if isinstance(aux.sigma, FixedSigma):
-                self.sigma_value = aux.sigma.value
+        return aux.sigma.value if isinstance(aux, GLoss) and isinstance(aux.sigma, FixedSigma) else None
 
+    # ---- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -96,17 +89,8 @@ class Run:
         self.best_state = state["best_state"]
 
     # ---- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
     def embed(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.model.eval()
-        logits, embeddings, labels = [], [], []
-        for inputs, y in batches:
-            with self.autocast():
-                out, emb = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
-            logits.append(out.float().cpu())
-            embeddings.append(emb.float().cpu())
-            labels.append(y)
-        return torch.cat(logits), torch.cat(embeddings), torch.cat(labels)
+        return embed(self.model, batches, self.device, self.autocast)
 
     def evaluate(self, batches) -> tuple[dict, torch.Tensor, torch.Tensor]:
         logits, emb, labels = self.embed(batches)
@@ -121,18 +105,18 @@ class Run:
     # ---- training -----------------------------------------------------------------------------
     def train_epoch(self) -> dict:
         self.model.train()
-        self.train_batches.epoch = self.epoch  # data order is a function of (seed, epoch)
+        self.data.train.epoch = self.epoch  # data order is a function of (seed, epoch)
         timer, clip = self.timer, self.config.clip()
         total = torch.zeros((), device=self.device)
         start = time.perf_counter()
-        iterator = iter(self.train_batches)
+        iterator = iter(self.data.train)
         while True:
             with timer("data"):
                 item = next(iterator, None)
                 if item is None:
                     break
                 inputs, labels = {k: v.to(self.device) for k, v in item[0].items()}, item[1].to(self.device)
-            with self.autocast():
+            with autocast_context(self.device, self.autocast):
                 with timer("forward"):
                     logits, embeddings = self.model(**inputs)
                 with timer("loss"):
@@ -145,18 +129,18 @@ class Run:
                 self.optimizer.step()
                 self.scheduler.step()
             total += loss.detach()
-        train_loss = float(total) / len(self.train_batches)  # the epoch's one host sync
+        train_loss = float(total) / len(self.data.train)  # the epoch's one host sync
         return {"train_loss": train_loss, "epoch_time_s": time.perf_counter() - start,
                 **{f"time_{k}_s": v for k, v in timer.reset().items()}}
 
-    def fit(self, report=None) -> None:
+    def fit(self, report: Report | None = None) -> None:
         config = self.config
         while self.epoch < config.epochs:
             if config.patience and self.epoch - self.best["best_epoch"] >= config.patience:
                 break
             self.epoch += 1
             metrics = {"epoch": self.epoch, **self.train_epoch()}
-            val, _, _ = self.evaluate(self.val_batches)
+            val, _, _ = self.evaluate(self.data.val)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["lr"] = self.scheduler.get_last_lr()[0]
             selection = val["macro_silhouette"] if self.standalone else val["macro_f1"]
@@ -172,7 +156,7 @@ class Run:
             if report is not None:
                 self._report(report, metrics)
 
-    def _report(self, report, metrics: dict) -> None:
+    def _report(self, report: Report, metrics: dict) -> None:
         every = self.config.checkpoint_every
         if every and self.epoch % every == 0:
             with tempfile.TemporaryDirectory(prefix="gloss-ckpt-") as folder:
@@ -188,7 +172,7 @@ class Run:
             return
         folder = Path(self.config.artifacts_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        batches = self.eval_train()
+        batches = self.data.eval_train
         rows = sorted(range(min(ADJACENCY_BATCH, len(batches.labels))), key=lambda i: int(batches.labels[i]))
         inputs, labels = batches.collate(rows)
         with torch.no_grad():
@@ -204,7 +188,7 @@ class Run:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         best = next((h for h in self.history if h["epoch"] == self.best["best_epoch"]), {})
-        test, test_emb, test_labels = self.evaluate(self.test_batches)
+        test, test_emb, test_labels = self.evaluate(self.data.test)
         out = {
             "best_epoch": self.best["best_epoch"],
             "epochs_run": self.epoch,
@@ -226,12 +210,12 @@ class Run:
 
     def probe(self, test_emb, test_labels) -> dict:
         config = self.config
-        _, train_emb, train_labels = self.embed(self.eval_train())
-        _, val_emb, val_labels = self.embed(self.val_batches)
+        _, train_emb, train_labels = self.embed(self.data.eval_train)
+        _, val_emb, val_labels = self.embed(self.data.val)
         head, info = train_linear_probe(
-            train_emb, train_labels, val_emb, val_labels, self.splits.num_classes, epochs=config.probe_epochs,
+            train_emb, train_labels, val_emb, val_labels, self.data.splits.num_classes, epochs=config.probe_epochs,
             patience=config.probe_patience, lr=config.probe_lr, seed=config.seeds()["init"],
-            class_weights=self.weights,
+            class_weights=self.class_weights,
         )
         with torch.no_grad():
             val = classification_metrics(head(val_emb), val_labels)

@@ -1,4 +1,4 @@
-"""The batch graph and closed-form label propagation behind G-Loss (method.md, section 1).
+"""The batch graph and closed-form label propagation behind G-Loss (docs/method.md, section 1).
 
 Every function here takes embeddings of any floating dtype (fp32, bf16, fp64) on any device and
 builds the graph in float64 with autocast switched off: at batch sizes of a few hundred the
@@ -21,7 +21,6 @@ import contextlib
 
 import torch
 
-from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.timing import no_timer
 
 # Probability, per step, that a random walk from a hidden node is absorbed by a virtual node that
@@ -31,16 +30,6 @@ from gloss_core.timing import no_timer
 LEAK = 1e-10
 
 Sigma = float | torch.Tensor
-
-
-def check_finite(embeddings: torch.Tensor) -> None:
-    """Raise `NonFiniteEmbeddingsError` if `embeddings` holds NaN or inf (one host sync)."""
-    if not bool(torch.isfinite(embeddings).all()):
-        bad = int((~torch.isfinite(embeddings)).sum())
-        raise NonFiniteEmbeddingsError(
-            f"embeddings of shape {tuple(embeddings.shape)} hold {bad} NaN/inf values; "
-            "the encoder diverged (learning rate too high?) or its input is corrupt"
-        )
 
 
 def float64_graph_context(device: torch.device):
@@ -72,8 +61,6 @@ def gaussian_affinity(embeddings: torch.Tensor, sigma: Sigma, *, rescale: bool =
             weight 1. The transition matrix is invariant to a global scale of W, and the rescaling
             keeps small sigmas from underflowing every weight to zero.
     """
-    if isinstance(sigma, (int, float)) and not (0 < sigma < float("inf")):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     with float64_graph_context(embeddings.device):
         d2 = squared_distances(unit_rows(embeddings))
         n = d2.shape[0]
@@ -144,8 +131,8 @@ def propagate_labels(
         (`~labeled`), in index order. Each row sums to 1. A hidden node with no path to the
         labeled set (tiny sigma), or every node when no node is labeled, gets the uniform row.
 
-    Raises:
-        NonFiniteEmbeddingsError: NaN or inf in `embeddings`, before anything is solved.
+    The embeddings must be finite: the losses check them (`gloss_core.losses.base.check_finite`)
+    before anything is solved. Sigma must be positive: `FixedSigma` and `g_loss` check it.
 
     The system is solved with `torch.linalg.solve` in float64; no inverse is formed.
 
@@ -155,7 +142,6 @@ def propagate_labels(
     """
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be [n, d], got shape {tuple(embeddings.shape)}")
-    check_finite(embeddings)
     n = embeddings.shape[0]
     labels = labels.to(embeddings.device)
     labeled = labeled.to(embeddings.device)

@@ -1,10 +1,10 @@
-"""The standalone protocol's last step: a linear classifier on frozen embeddings (method.md, section 4)."""
+"""The standalone protocol's last step: a linear classifier on frozen embeddings (docs/method.md, section 4)."""
 
 from __future__ import annotations
 
 import torch
 
-from gloss_core.metrics import classification_metrics
+from gloss_core.training.metrics import classification_metrics
 
 
 def train_linear_probe(

@@ -4,7 +4,7 @@ Each class owns a small set of topic words; every text mixes a few of its class'
 shared filler words. `label_noise` flips that fraction of labels to another class.
 
 Example:
-    >>> from gloss_core.synthetic import synthetic_splits
+    >>> from gloss_core.data.synthetic import synthetic_splits
     >>> splits = synthetic_splits(num_classes=3, train_size=120, seed=0)
     >>> splits.num_classes
     3
@@ -16,7 +16,7 @@ import random
 
 import torch
 
-from gloss_core.data import DatasetSplits, Split
+from gloss_core.data.splits import DatasetSplits, Split
 
 _TOPICS = [
     "film actor scene plot director cinema screen role drama cast",

@@ -1,4 +1,4 @@
-"""Classification and embedding-quality metrics (method.md, section 4)."""
+"""Classification and embedding-quality metrics (docs/method.md, section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Choosing the Gaussian kernel width sigma (method.md, section 2).
+"""Choosing the Gaussian kernel width sigma (docs/method.md, section 2).
 
 - `FixedSigma(value)`: G-Loss-O, sigma searched by the optimiser (log scale, 0.1-10).
 - `sqrt_rule_sigma(train_embeddings)`: G-Loss-SQRT, `sqrt(median ||e_i - e_j|| / 3)` over the
@@ -11,7 +11,7 @@
 
 Example:
     >>> import torch
-    >>> from gloss_core.sigma import sqrt_rule_sigma, FixedSigma
+    >>> from gloss_core.graph.sigma import sqrt_rule_sigma, FixedSigma
     >>> emb = torch.randn(100, 32)
     >>> sigma = FixedSigma(sqrt_rule_sigma(emb))
 """
@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from gloss_core.graph import squared_distances, unit_rows
+from gloss_core.graph.propagation import squared_distances, unit_rows
 
 # Distances between unit vectors lie in [0, 2]; the first pass of the exact median histograms them.
 _HISTOGRAM_BINS = 1 << 16
@@ -191,20 +191,22 @@ def scaled_sigma(sigma: SigmaStrategy, scale: float) -> SigmaStrategy:
     return ScaledSigma(sigma, scale)
 
 
-def make_sigma(spec: float | str | SigmaStrategy, embeddings=None, labels=None) -> SigmaStrategy:
-    """Build a strategy from a config value: a number, "sqrt", "batch_sqrt" or "dicm".
+def make_sigma(spec: float | str | SigmaStrategy, embeddings=None, labels=None, scale: float = 1.0) -> SigmaStrategy:
+    """Build a strategy from a config value: a number, "sqrt", "batch_sqrt" or "dicm", times `scale`.
 
-    "sqrt" and "dicm" need the training-set `embeddings` (and `labels` for "dicm").
+    "sqrt" and "dicm" need the training-set `embeddings` (and `labels` for "dicm"). A fixed
+    result stays a `FixedSigma` holding the scaled value, which is what a checkpoint records.
     """
     if callable(spec):
-        return spec
-    if isinstance(spec, (int, float)):
-        return FixedSigma(float(spec))
-    if spec == "batch_sqrt":
-        return BatchSqrtSigma()
-    if spec in ("sqrt", "dicm"):
+        base = spec
+    elif isinstance(spec, (int, float)):
+        base = FixedSigma(float(spec))
+    elif spec == "batch_sqrt":
+        base = BatchSqrtSigma()
+    elif spec in ("sqrt", "dicm"):
         if embeddings is None or (spec == "dicm" and labels is None):
             raise ValueError(f"sigma {spec!r} needs the training-set embeddings" + (" and labels" if spec == "dicm" else ""))
-        value = sqrt_rule_sigma(embeddings) if spec == "sqrt" else dicm_sigma(embeddings, labels)
-        return FixedSigma(value)
-    raise ValueError(f"unknown sigma {spec!r}: use a positive number, 'sqrt', 'batch_sqrt' or 'dicm'")
+        base = FixedSigma(sqrt_rule_sigma(embeddings) if spec == "sqrt" else dicm_sigma(embeddings, labels))
+    else:
+        raise ValueError(f"unknown sigma {spec!r}: use a positive number, 'sqrt', 'batch_sqrt' or 'dicm'")
+    return base if scale == 1.0 else scaled_sigma(base, scale)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gloss_core.data import Split
+from gloss_core.data.splits import Split
 
 MEGA_BATCHES = 50  # batches per length-sorted chunk
 

@@ -1,0 +1,125 @@
+"""Where text-classification data comes from, read into `DatasetSplits` with one label map:
+
+- a CSV folder: `train.csv`, `val.csv`, `test.csv`, columns `text,label` and optionally
+  `text_pair` (sentence-pair tasks such as QNLI), the format of ../shared/data;
+- a Hugging Face dataset by name (`hf:NAME` or `hf:NAME:CONFIG`) with a column mapping;
+- the deterministic synthetic corpus (`synthetic`, see `gloss_core.data.synthetic`).
+
+`load_splits(config)` picks the source a `TrainConfig` names.
+
+Example:
+    >>> from gloss_core.data import load_csv_splits
+    >>> splits = load_csv_splits("../shared/data/MR", limit=256)
+    >>> splits.num_classes, len(splits.train.texts)
+    (2, 256)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from gloss_core.config import TrainConfig
+from gloss_core.data.splits import SPLITS, DataError, DatasetSplits, EmptyText, RawSplit, build_splits
+from gloss_core.data.synthetic import synthetic_splits
+
+
+def load_splits(config: TrainConfig) -> DatasetSplits:
+    """The train, val and test splits that `config.data` names."""
+    if config.data == "synthetic":
+        half = max(config.synthetic_size // 2, config.synthetic_classes)
+        return synthetic_splits(config.synthetic_classes, config.synthetic_size, half, half,
+                                config.synthetic_noise, seed=config.synthetic_seed,
+                                distractors=config.synthetic_distractors)
+    if config.data.startswith("hf:"):
+        name, _, hf_config = config.data[3:].partition(":")
+        splits = tuple(s.strip() for s in config.hf_splits.split(","))
+        if len(splits) != 3:
+            raise ValueError(f"hf_splits must name 3 splits (train,val,test), got {config.hf_splits!r}")
+        return load_hf_splits(name, config=hf_config or None, splits=splits, text_column=config.text_column,
+                              label_column=config.label_column, text_pair_column=config.text_pair_column,
+                              limit=config.limit, subset_seed=config.subset_seed, empty_text=config.empty_text)
+    return load_csv_splits(config.data, limit=config.limit, subset_seed=config.subset_seed,
+                           empty_text=config.empty_text)
+
+
+def _read_csv(path: Path) -> RawSplit:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({err.reason})") from err
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    missing = {"text", "label"} - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+    has_pair = "text_pair" in reader.fieldnames
+    texts, labels, pairs, rows = [], [], [], []
+    for row in reader:
+        texts.append(row["text"])
+        labels.append(row["label"])
+        rows.append(reader.line_num)
+        if has_pair:
+            pairs.append(row["text_pair"])
+    return RawSplit(str(path), texts, labels, pairs if has_pair else None, rows)
+
+
+def load_csv_splits(folder: str | Path, *, limit: int | None = None, subset_seed: int = 0,
+                    empty_text: EmptyText = "drop") -> DatasetSplits:
+    """Load a CSV folder (`train.csv`, `val.csv`, `test.csv`).
+
+    Args:
+        folder: the folder.
+        limit: keep a seeded random subset of at most `limit` rows per split (quick runs).
+        subset_seed: seed of that subset.
+        empty_text: "drop" rows with empty text (counted in `notes`) or raise an "error".
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found")
+    raw = {name: _read_csv(folder / f"{name}.csv") for name in SPLITS}
+    pair_splits = {name for name, r in raw.items() if r.text_pairs is not None}
+    if pair_splits and pair_splits != set(SPLITS):
+        raise DataError(f"{folder}: column 'text_pair' is in {sorted(pair_splits)} but not in every split")
+    return build_splits(raw, empty_text=empty_text, limit=limit, subset_seed=subset_seed, source=str(folder))
+
+
+def load_hf_splits(name: str, *, config: str | None = None, splits: tuple[str, str, str] = ("train", "validation", "test"),
+                   text_column: str = "text", label_column: str = "label", text_pair_column: str | None = None,
+                   data_files=None, limit: int | None = None, subset_seed: int = 0,
+                   empty_text: EmptyText = "drop") -> DatasetSplits:
+    """Load a Hugging Face dataset with `datasets.load_dataset(name, config, split=...)`.
+
+    Args:
+        name: a Hub name ("glue") or a builder with `data_files` ("csv").
+        config: the dataset config ("sst2", "qnli").
+        splits: the split expressions used as train / val / test (slicing works:
+            `("train[:90%]", "train[90%:]", "validation")` when the test labels are hidden).
+        text_column, label_column, text_pair_column: the column mapping.
+        data_files: passed through to `load_dataset` (local files).
+    """
+    import datasets
+
+    raw = {}
+    for role, split in zip(SPLITS, splits):
+        where = f"{name}{':' + config if config else ''}[{split}]"
+        try:
+            ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
+        except Exception as err:  # noqa: BLE001 - datasets raises many types; name the source
+            raise DataError(f"{where}: could not load ({type(err).__name__}: {err})") from err
+        for column in (text_column, label_column, text_pair_column):
+            if column is not None and column not in ds.column_names:
+                raise DataError(f"{where}: missing column '{column}'; found {ds.column_names}")
+        labels = ds[label_column]
+        if any(label == -1 for label in labels):
+            raise DataError(f"{where}, column '{label_column}': labels are hidden (-1); use another split as test")
+        label_feature = ds.features.get(label_column)
+        if hasattr(label_feature, "names"):
+            labels = [label_feature.names[label] for label in labels]
+        raw[role] = RawSplit(where, ds[text_column], [str(label) for label in labels],
+                             ds[text_pair_column] if text_pair_column else None, list(range(len(ds))))
+    return build_splits(raw, empty_text=empty_text, limit=limit, subset_seed=subset_seed, source=f"hf:{name}")

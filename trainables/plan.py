@@ -1,0 +1,43 @@
+"""What a trial's config holds, and how it becomes a `TrainConfig`.
+
+A trial's config carries the name of its grid cell under `CELL` and the values its phase varies:
+the searched hyperparameters (search) or the training seed (replicate). Everything the phase
+holds fixed (each cell's constant training options, the threads per trial, whether to close with
+the test metrics, whether to send artifacts back) is one `PhasePlan`, handed to the trainable once
+through `tune.with_parameters`. The driver reads the same plan to log each trial's full config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gloss_core.config import TrainConfig
+
+CELL = "cell"  # the one bookkeeping key of a trial's config: the name of its grid cell
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """The constants of one phase.
+
+    Args:
+        phase: "search" or "replicate".
+        cells: cell name -> the training options that phase holds fixed for the cell.
+        threads: torch threads per trial (the trial's CPU share).
+        report_test: close the trial with one report of its test metrics (replicate).
+        artifacts: that closing report's checkpoint holds the test embeddings and adjacency.
+    """
+
+    phase: str
+    cells: dict[str, dict] = field(default_factory=dict)
+    threads: int = 1
+    report_test: bool = False
+    artifacts: bool = False
+
+    def values(self, trial_config: dict) -> dict:
+        """The flat training options of a trial: its cell's constants, then what the trial varies."""
+        varied = {k: v for k, v in trial_config.items() if k != CELL}
+        return {**self.cells[trial_config[CELL]], **varied}
+
+    def train_config(self, trial_config: dict) -> TrainConfig:
+        return TrainConfig.from_dict(self.values(trial_config))
