@@ -158,7 +158,7 @@ def table2(runs: Runs, baseline: str | None = "ce", alpha: float = ALPHA, decima
                 column_means = pd.Series([means.get((model, frame["Loss"][i], dataset, short), (math.nan,))[0]
                                           if i in positions else math.nan for i in range(len(frame))])
                 mark_best(frame, column_means, f"{dataset} {short}", positions, True, marks)
-    notes = [f"Test accuracy and macro-F1 (%), mean ± std (ddof=1) over n seeds of each cell's best configuration; "
+    notes = ["Test accuracy and macro-F1 (%), mean ± std (ddof=1) over n seeds of each cell's best configuration; "
              "bold best, underlined second within each model.",
              "avg rank: mean over datasets of each method's accuracy rank within its model (1 = best)."]
     if use_baseline:
@@ -319,7 +319,7 @@ def table9(runs: Runs, metric: str = "test_accuracy", gloss: str | None = None, 
                           "Δ": f"{100 * r.diff:+.2f}", "95% CI": f"[{fmt(100 * r.ci_low, 2)}, {fmt(100 * r.ci_high, 2)}]",
                           "t": fmt(r.t, 2), "p": _p(r.p), "p (Holm)": _p(p_holm) + stars(p_holm),
                           "d_z": fmt(r.dz, 2), "P(G>B)": fmt(r.p_better, 2),
-                          "Wilcoxon p": _p(r.wilcoxon_p) if r.wilcoxon_p is not None else f"n<6"})
+                          "Wilcoxon p": _p(r.wilcoxon_p) if r.wilcoxon_p is not None else "n<6"})
     if not cells:
         return None
     notes = [f"{metric} (%), paired over matched seeds. Δ and its 95% t-interval: {target} minus the baseline. "

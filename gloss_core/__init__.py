@@ -9,6 +9,7 @@
 | `data/` | CSV, Hugging Face and synthetic sources; splits; token-cached batches |
 | `training/` | `build_run` (one place builds a run), the epoch loop, checkpoints, probe, metrics |
 | `models.py` | encoders with pooling and a linear head |
+| `export.py` | a trained model as a Hugging Face folder with its head, labels and card, and back |
 | `timing.py`, `errors.py`, `provenance.py`, `spread.py` | timing, exceptions, provenance and the default store, mean ± std |
 
 It imports neither Ray nor MLflow; `trainables/` and `sweeps/` wrap it.

@@ -1,8 +1,10 @@
 """`gloss train`: one training run from the shell.
 
 Every `TrainConfig` field is an option (`--sigma sqrt`, `--protocol standalone`, ...), plus
-`--output metrics.json`, `--checkpoint-dir DIR` (the latest epoch's checkpoint is kept there) and
-`--resume DIR`. A progress bar follows the epochs; a summary table ends the run.
+`--output metrics.json`, `--checkpoint-dir DIR` (the latest epoch's checkpoint is kept there, and
+the best epoch's weights in `DIR/best.safetensors` once they are not the latest) and `--resume DIR`.
+`--save-model DIR` writes the best epoch's model as a Hugging Face folder (`gloss predict` reads it).
+A progress bar follows the epochs; a summary table ends the run.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ def train(
             progress.update(task, completed=metrics["epoch"], description=line)
 
         try:
-            result = run(config, report=report, resume_from=str(resume) if resume else None)
+            result = run(config, report=report, resume_from=str(resume) if resume else None,
+                         best_weights=_best_weights(checkpoint_dir, resume))
         except (ValueError, FileNotFoundError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err
@@ -95,6 +98,22 @@ def train(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))
         console.print(f"metrics written to {output}")
+
+
+def _best_weights(checkpoint_dir: Path | None, resume: Path | None):
+    """The best epoch's weights live beside the kept checkpoint; resuming into another folder takes
+    the resumed folder's file along."""
+    from gloss_core.training.checkpoint import BEST_FILE, BestWeights
+
+    home = checkpoint_dir or resume
+    if home is None:
+        return None
+    if resume is not None and checkpoint_dir is not None and resume.resolve() != checkpoint_dir.resolve():
+        source = resume / BEST_FILE
+        if source.is_file():
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, checkpoint_dir / BEST_FILE)
+    return BestWeights(home / BEST_FILE)
 
 
 def _config_parameters() -> list[inspect.Parameter]:

@@ -84,6 +84,8 @@ class TrainConfig:
     timing: bool = option(True, "per-phase timing breakdown (syncs CUDA at phase boundaries)")
     checkpoint_every: int = option(1, "epochs between checkpoints handed to report (0: never)")
     artifacts_dir: str | None = option(None, "write the test embeddings and one batch's adjacency per epoch here")
+    save_model: str | None = option(None, "write the best epoch's model here: a Hugging Face folder with its head, "
+                                          "label names and gloss_card.json")
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

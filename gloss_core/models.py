@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 Pooling = Literal["cls", "mean"]
 
@@ -43,6 +44,12 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model_path(name))
 
 
+def load_encoder(name: str) -> PreTrainedModel:
+    """`AutoModel.from_pretrained` without its per-tensor progress bar (the run shows its own)."""
+    transformers_logging.disable_progress_bar()
+    return AutoModel.from_pretrained(resolve_model_path(name))
+
+
 class TextClassifier(nn.Module):
     """Encoder + pooling + linear head.
 
@@ -64,8 +71,7 @@ class TextClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, num_classes: int, pooling: Pooling = "cls") -> "TextClassifier":
-        encoder = AutoModel.from_pretrained(resolve_model_path(name))
-        return cls(encoder, num_classes, pooling)
+        return cls(load_encoder(name), num_classes, pooling)
 
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -23,11 +23,15 @@ from dataclasses import asdict
 import numpy as np
 
 from gloss_core.config import Report, TrainConfig
+from gloss_core.export import save_model
+from gloss_core.provenance import git_commit, package_versions
 from gloss_core.training.build import build_run
-from gloss_core.training.checkpoint import load_checkpoint
+from gloss_core.training.checkpoint import BestWeights, load_checkpoint
+from gloss_core.training.engine import Run
 
 
-def train(config: TrainConfig, report: Report | None = None, resume_from: str | None = None) -> dict:
+def train(config: TrainConfig, report: Report | None = None, resume_from: str | None = None,
+          best_weights: BestWeights | None = None) -> dict:
     """Run one configuration to the end and return its metrics (see `gloss_core.training.engine.Run.result`).
 
     Args:
@@ -36,10 +40,13 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: str | 
             folder holding that epoch's checkpoint (valid only during the call), or None.
         resume_from: a checkpoint folder; the run continues after its epoch and ends with the
             same metrics as an uninterrupted run (on CPU).
+        best_weights: where the best epoch's weights wait once it is behind (one file, written
+            when it changes), so checkpoints hold one copy of the weights; None keeps them inside
+            each checkpoint. A resumed run needs the same location.
     """
     started = time.perf_counter()
     state = load_checkpoint(resume_from) if resume_from is not None else None
-    run = build_run(config, state)
+    run = build_run(config, state, best_weights)
     run.fit(report)
     result = run.result()
     splits = run.data.splits
@@ -51,4 +58,21 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: str | 
         "config": asdict(config),
         "device": str(run.device),
     })
+    if config.save_model:
+        export(run, result, config.save_model)
     return result
+
+
+def export(run: Run, result: dict, folder: str) -> None:
+    """The best epoch's model as a Hugging Face folder with its head, labels and card."""
+    splits = run.data.splits
+    head = run.probe_head if run.probe_head is not None else run.model.head
+    test = splits.test
+    examples = {"text": test.texts[:2], **({"text_pair": test.text_pairs[:2]} if test.text_pairs is not None else {})}
+    card = {
+        "text_pair": splits.train.text_pairs is not None, "protocol": run.config.protocol, "loss": run.config.loss,
+        "config": result["config"], "seeds": result["seeds"], "examples": examples,
+        "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "git_commit": git_commit(), "package_versions": package_versions(),
+    }
+    save_model(folder, run.model, head, run.data.tokenizer, splits.label_names, card)

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from gloss_core.provenance import default_tracking_uri
 from gloss_core.spread import mean_std
+from serving.registry import delete_registered, quiet_mlflow, register
 from sweeps.record import summary_run
 from sweeps.resilience import RetryingClient
 from sweeps.cells import CellASHA, CellSearcher
@@ -39,6 +40,11 @@ from trainables.trainable import gloss_trainable
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 TEST_KEYS = ("test_accuracy", "test_macro_f1", "test_macro_silhouette")
+
+
+def registered_name(sweep: str, cell: str) -> str:
+    """A cell's model in the MLflow Model Registry."""
+    return f"{sweep}.{cell}"
 
 
 class SweepInterrupted(RuntimeError):
@@ -106,7 +112,8 @@ class SweepRunner:
         self.spec = spec
         self.uri = tracking_uri or spec.tracking_uri or default_tracking_uri()
         self.storage = Path(storage_path or spec.storage_path or "ray_results").resolve() / spec.name
-        self.client = RetryingClient(MlflowClient(self.uri))  # phase-boundary calls wait out an outage
+        # phase-boundary calls wait out an outage; the Model Registry lives in the same store
+        self.client = RetryingClient(MlflowClient(self.uri, registry_uri=self.uri))
         self.exp_id = experiment_id(self.client, spec.name)
         self.cells = {cell.name: cell for cell in spec.cells()}
         self.threads = max(1, int(spec.resources.cpu))
@@ -131,11 +138,17 @@ class SweepRunner:
             close_running_runs(self.client, self.exp_id, self.spec.name)
 
     def discard_previous(self) -> None:
-        """Remove the Tune state and delete this sweep's MLflow runs, so one experiment holds one sweep."""
+        """Remove the Tune state, delete this sweep's MLflow runs and its registered models, so one
+        experiment holds one sweep."""
         if self.storage.exists():
             shutil.rmtree(self.storage)
         for run in self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000):
             self.client.delete_run(run.info.run_id)
+        delete_registered(self.client, [registered_name(self.spec.name, cell) for cell in self.cells])
+
+    def _best_weights_dir(self, phase: str) -> str:
+        """Beside the phase's Tune folder, not in it (Tune reads every folder there as a trial)."""
+        return str(self.storage / "best_weights" / phase)
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
@@ -167,7 +180,8 @@ class SweepRunner:
 
     def search(self, resume: bool) -> SearchOutcome:
         spec = self.spec
-        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self.threads)
+        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self.threads,
+                         best_weights_dir=self._best_weights_dir("search"))
         searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in self.cells.items()},
                                 spec.search.num_samples, spec.search.max_concurrent, spec.metric, spec.mode,
                                 spec.search.seed)
@@ -198,7 +212,8 @@ class SweepRunner:
     def replicate(self, search: SearchOutcome, resume: bool) -> ReplicateOutcome:
         spec = self.spec
         constants = {name: {k: v for k, v in best.config.items() if k != "seed"} for name, best in search.best.items()}
-        plan = PhasePlan("replicate", constants, self.threads, report_test=True, artifacts=spec.replicate.artifacts)
+        plan = PhasePlan("replicate", constants, self.threads, report_test=True, artifacts=spec.replicate.artifacts,
+                         export=spec.replicate.export, best_weights_dir=self._best_weights_dir("replicate"))
         param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(spec.replicate.seeds)}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
         results = self._fit(plan, param_space, tune_config, resume, len(constants) * len(spec.replicate.seeds))
@@ -225,12 +240,41 @@ class SweepRunner:
     def record_replicate(self, replicate: ReplicateOutcome) -> None:
         for name, parent in self.parents["replicate"].items():
             rows = replicate.finals.get(name, [])
-            for key in TEST_KEYS:
-                spread = mean_std(row[key] for row in rows if key in row)
+            spreads = {key: mean_std(row[key] for row in rows if key in row) for key in TEST_KEYS}
+            for key, spread in spreads.items():
                 if spread.n:
                     self.client.log_metric(parent, f"{key}_mean", spread.mean)
                     self.client.log_metric(parent, f"{key}_std", 0.0 if spread.n == 1 else spread.std)
+            if rows and self.spec.replicate.export:
+                self.register_best(name, rows, spreads)
             self.client.set_terminated(parent, "FINISHED" if rows else "FAILED")
+
+    def register_best(self, cell: str, rows: list[dict], spreads: dict) -> str | None:
+        """Register the cell's replicate with the best validation metric (never chosen on test) as
+        `<sweep>.<cell>`; its tags carry the cell's test mean ± std over seeds and the run id."""
+        metric, mode = self.spec.metric, self.spec.mode
+        scored = [row for row in rows if isinstance(row.get(metric), (int, float))]
+        if not scored:
+            return None
+        sign = -1 if mode == "max" else 1  # ties go to the lowest replicate seed
+        chosen = min(scored, key=lambda row: (sign * row[metric], row.get("config", {}).get("seed", 0)))
+        query = f"tags.trial_id = '{chosen['trial_id']}' and tags.phase = 'replicate' and tags.kind = 'trial'"
+        found = self.client.search_runs([self.exp_id], query, max_results=1)
+        model_uri = found[0].data.tags.get("model_uri") if found else None
+        if model_uri is None:
+            return None
+        run_id = found[0].info.run_id
+        tags = {"sweep": self.spec.name, "cell": cell, "run_id": run_id, "seed": found[0].data.tags.get("seed", ""),
+                "selected_on": f"validation {metric} = {chosen[metric]:.4f} ({mode}), the best of {len(rows)} seeds"}
+        for key, spread in spreads.items():
+            if spread.n:
+                percent = key != "test_macro_silhouette"
+                tags[key] = spread.format(scale=100 if percent else 1, decimals=2 if percent else 4) + (
+                    f"{' %' if percent else ''} (mean ± std over {spread.n} seeds)")
+        name = registered_name(self.spec.name, cell)
+        version = register(self.client, name, model_uri, run_id, tags)
+        self.client.set_tag(run_id, "registered_as", f"models:/{name}/{version}")
+        return version
 
     def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome) -> dict:
         spec = self.spec
@@ -271,6 +315,7 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
     # fail fast on an unreachable server: the sweep's own queue and retries take over (resilience.py)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    quiet_mlflow()
     if not ray.is_initialized():
         # RAY_AUTH_MODE is left to the user: unset, a new local cluster runs with Ray's default token
         # auth (token made in ~/.ray/auth_token), which matters because Ray binds the node's address,

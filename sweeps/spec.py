@@ -127,6 +127,7 @@ class Resources(Strict):
 class Replicate(Strict):
     seeds: list[int] = [1, 2, 3]
     artifacts: bool = False  # log test embeddings and one batch's adjacency per epoch (t-SNE, heatmap)
+    export: bool = True  # each trial's best-epoch model to MLflow; each cell's best (on validation) registered
 
 
 class SweepSpec(Strict):

@@ -27,6 +27,8 @@ from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 from rich.console import Console
 
+from serving.registry import log_exported_model
+from sweeps.cleanup import TrialCleanup
 from sweeps.resilience import WriteQueue
 from sweeps.spec import Cell
 from trainables.plan import CELL, PhasePlan
@@ -102,6 +104,7 @@ class MLflowTrialLogger(LoggerCallback):
         self._client = None
         self._node_tagged: set[str] = set()  # trials whose run has its node_id tag
         self.queue = WriteQueue()
+        self.cleanup = TrialCleanup(plan)  # a finished trial's checkpoint goes once its writes are done
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks: queued closures and the client stay behind
         return {**self.__dict__, "_client": None, "queue": WriteQueue()}
@@ -113,6 +116,7 @@ class MLflowTrialLogger(LoggerCallback):
         return self._client
 
     def get_state(self) -> dict:
+        self.cleanup.saved()  # Tune calls this when it saves the experiment state
         return {"runs": dict(self.runs), "curves": dict(self.curves), "ended": set(self.ended)}
 
     def set_state(self, state: dict) -> None:
@@ -152,11 +156,19 @@ class MLflowTrialLogger(LoggerCallback):
                           lambda: self._result(iteration, trial, result))
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
+        """The closing writes, each retried on its own: tags and summaries, the artifacts and the
+        exported model from the last checkpoint, then the run's status; then the checkpoint may go."""
         self.queue.submit(trial.trial_id, "end", lambda: self._end(trial, failed))
+        if not failed:
+            self.queue.submit(trial.trial_id, "checkpoint artifacts", lambda: self._log_checkpoint_artifacts(trial))
+            if self.plan.export:
+                self.queue.submit(trial.trial_id, "model", lambda: self._log_model(trial))
+        self.queue.submit(trial.trial_id, "close", lambda: self._close(trial, failed))
 
     def on_step_end(self, iteration: int, trials, **info) -> None:
         if len(self.queue):
             self.queue.drain()
+        self.cleanup.sweep()
 
     def _start(self, trial) -> None:
         run_id = self._run_id(trial)
@@ -201,24 +213,43 @@ class MLflowTrialLogger(LoggerCallback):
                     for row in curve:
                         f.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
             self.client.log_artifacts(run_id, folder)
-        if not failed:
-            self._log_checkpoint_artifacts(run_id, trial)
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-        self.ended.add(trial.trial_id)
 
-    def _log_checkpoint_artifacts(self, run_id: str, trial) -> None:
-        """Embeddings and adjacency files travel from the trial to storage inside its last checkpoint
-        (works on any node and storage filesystem); they go to MLflow under `artifacts/`."""
-        checkpoint = getattr(trial, "checkpoint", None)
-        if checkpoint is None:
+    def _from_checkpoint(self, trial, name: str, write) -> None:
+        """Call `write(path)` on the folder `name` of the trial's last checkpoint, if there is one.
+        What travels this way works from any node and storage. A checkpoint that cannot be read is
+        tagged on the run (`artifacts_error`) and not retried; a failed MLflow write is retried."""
+        if trial.checkpoint is None:
             return
         try:
-            with checkpoint.as_directory() as folder:
-                files = os.path.join(folder, "artifacts")
-                if os.path.isdir(files):
-                    self.client.log_artifacts(run_id, files, "artifacts")
+            opened = trial.checkpoint.as_directory()
+            folder = opened.__enter__()
         except Exception as err:  # noqa: BLE001 - a missing artifact must not fail the sweep
-            self.client.set_tag(run_id, "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
+            self.client.set_tag(self._run_id(trial), "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
+            return
+        try:
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                write(path)
+        finally:
+            opened.__exit__(None, None, None)
+
+    def _log_checkpoint_artifacts(self, trial) -> None:
+        """Test embeddings and adjacency files go to MLflow under `artifacts/`."""
+        self._from_checkpoint(trial, "artifacts", lambda path: self.client.log_artifacts(
+            self._run_id(trial), path, "artifacts"))
+
+    def _log_model(self, trial) -> None:
+        """The exported model becomes the run's MLflow logged model, its URI tagged `model_uri`."""
+        def log(path: str) -> None:
+            run_id = self._run_id(trial)
+            self.client.set_tag(run_id, "model_uri", log_exported_model(self.tracking_uri, self.experiment, run_id, path))
+
+        self._from_checkpoint(trial, "model", log)
+
+    def _close(self, trial, failed: bool) -> None:
+        self.client.set_terminated(self._run_id(trial), "FAILED" if failed else "FINISHED")
+        self.ended.add(trial.trial_id)
+        self.cleanup.hand_over(trial.trial_id, trial.checkpoint)
 
     def on_experiment_end(self, trials, **info) -> None:
         self.queue.flush(self.flush_timeout_s)
@@ -228,6 +259,7 @@ class MLflowTrialLogger(LoggerCallback):
             self.queue.lost.append({"trial_id": "*", "write": "close open runs", "error": str(err)[:1000]})
         if self.unlogged_path:
             self.queue.record_lost(Path(self.unlogged_path))
+        self.cleanup.finish(trials, done=set(self.ended))  # Tune saved its final state before this hook
 
     def close_open_runs(self, trials) -> None:
         """Runs of trials that did not end (interrupted sweep) are closed as KILLED, to be reopened

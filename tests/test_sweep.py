@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -121,6 +122,32 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
         assert {"test_embeddings.npy", "test_labels.npy", "adjacency_labels.npy", "adjacency_epoch001.npy"} <= names
         history = client.get_metric_history(run.info.run_id, "val_macro_f1")
         assert max(m.step for m in history) == run.data.metrics["epochs_run"]  # the test report adds no epoch
+
+    # finished trials leave no checkpoint and no best-weights file behind
+    storage = tmp_path / "ray_results" / "two-cells"
+    assert not list(storage.glob("*/*/checkpoint_*")), list(storage.glob("*/*/checkpoint_*"))
+    assert not [p for p in storage.glob("best_weights/**/*") if p.is_file()]
+
+    # every replicate run holds its exported model; each cell's best on validation is registered,
+    # and its predictions on the test split reproduce that run's logged test accuracy exactly
+    import mlflow
+
+    from gloss_core.config import TrainConfig
+    from gloss_core.data import load_splits
+
+    registry = MlflowClient(uri, registry_uri=uri)
+    test = load_splits(TrainConfig(data="synthetic", synthetic_size=48, synthetic_noise=0.2)).test
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    assert all(r.data.tags["model_uri"].startswith("models:/m-") for r in reps)
+    for cell in parents:
+        mine = [r for r in reps if r.data.tags["cell"] == cell]
+        chosen = min(mine, key=lambda r: (-r.data.metrics["final_val_macro_f1"], int(r.data.tags["seed"])))
+        [version] = registry.search_model_versions(f"name = 'two-cells.{cell}'")
+        assert version.tags["run_id"] == chosen.info.run_id and "mean ± std over 2 seeds" in version.tags["test_accuracy"]
+        out = mlflow.pyfunc.load_model(f"models:/two-cells.{cell}/latest").predict(pd.DataFrame({"text": test.texts}))
+        labels = [f"class{i}" for i in test.labels.tolist()]
+        assert (out["prediction"] == pd.Series(labels)).mean() == chosen.data.metrics["test_accuracy"]
 
     # the analysis reads this layout: tables, learning curves, t-SNE and adjacency from the real runs
     out = tmp_path / "report"

@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 from gloss_cli import app
-from gloss_core.data import DataError, load_csv_splits
 from gloss_core.models import TextClassifier, load_tokenizer, resolve_model_path
 from gloss_core.data.synthetic import synthetic_splits
 from gloss_core.config import TrainConfig
@@ -302,3 +301,66 @@ def test_limit_subsets_depend_on_the_subset_seed_not_the_run_seed():
         assert getattr(a, split).texts == getattr(b, split).texts, split
     other = load_splits(TrainConfig(data=mr, limit=64, seed=1, subset_seed=7))
     assert other.train.texts != a.train.texts
+
+
+def _fp32_bytes(model_dir: str) -> int:
+    model = TextClassifier.from_pretrained(model_dir, num_classes=2)
+    return sum(t.numel() * 4 for t in model.state_dict().values())
+
+
+def test_checkpoints_hold_one_copy_of_the_weights_and_the_best_waits_in_one_file(tiny_model_dir, tmp_path):
+    from gloss_core.training.checkpoint import BestWeights
+
+    # lr 3e-3 on seed 1: the best epoch (2) is behind the last (4), as in the best-epoch test above
+    config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=4, batch_size=16, lr=3e-3, seed=1)
+    best = BestWeights(tmp_path / "best.safetensors")
+    writes, sizes, saved = [], {}, {}
+    original = best.save
+    best.save = lambda weights, epoch: (writes.append(epoch), original(weights, epoch))[1]
+
+    def keep(metrics, folder):
+        sizes[metrics["epoch"]] = (Path(folder) / "state.pt").stat().st_size
+        if metrics["epoch"] == 3:
+            shutil.copytree(folder, tmp_path / "ckpt3")
+        saved[metrics["epoch"]] = torch.load(Path(folder) / "state.pt", weights_only=True)
+
+    full = train(config, report=keep, best_weights=best)
+    assert full["best_epoch"] < full["epochs_run"], "precondition: the best epoch is behind the last"
+    limit = 3.1 * _fp32_bytes(tiny_model_dir)
+    assert max(sizes.values()) <= limit, (sizes, limit)
+    assert all(state["best_state"] is None for state in saved.values())  # never a second copy inside
+    assert writes and writes == sorted(set(writes)) and set(writes) <= {h["best_epoch"] for h in full["history"]}
+    assert len(writes) <= len({h["best_epoch"] for h in full["history"]})  # only when the best moves
+    resumed = train(config, report=lambda m, f: None, resume_from=str(tmp_path / "ckpt3"), best_weights=best)
+    _same_run(full, resumed)
+
+
+def test_a_truncated_checkpoint_is_named(tiny_model_dir, tmp_path):
+    from gloss_core.training.checkpoint import CheckpointError, load_checkpoint
+
+    (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    with pytest.raises(CheckpointError, match="state.pt: the checkpoint cannot be read"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("protocol,loss", [("integrated", "gloss"), ("standalone", "scl")])
+def test_a_saved_model_gives_the_runs_test_predictions(tiny_model_dir, tmp_path, protocol, loss):
+    from gloss_core.data import load_splits
+    from gloss_core.export import load_model
+    from gloss_core.training.metrics import classification_metrics
+
+    config = TrainConfig(model=tiny_model_dir, loss=loss, protocol=protocol, epochs=2, batch_size=16, lr=1e-3,
+                         probe_epochs=20, save_model=str(tmp_path / "model"))
+    result = train(config)
+    saved = load_model(tmp_path / "model")
+    assert saved.labels == ["class0", "class1"] and saved.card["config"]["loss"] == loss
+    assert saved.card["metrics"]["test_accuracy"] == result["test_accuracy"]
+    assert {"torch", "transformers"} <= set(saved.card["package_versions"])
+    test = load_splits(config).test
+    probabilities = saved.predict_proba(test.texts)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(test.texts)))
+    got = classification_metrics(probabilities, test.labels)
+    assert got["accuracy"] == result["test_accuracy"] and got["macro_f1"] == result["test_macro_f1"]
+    config_json = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config_json["id2label"] == {"0": "class0", "1": "class1"}
+    assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -26,6 +26,9 @@ class PhasePlan:
         threads: torch threads per trial (the trial's CPU share).
         report_test: close the trial with one report of its test metrics (replicate).
         artifacts: that closing report's checkpoint holds the test embeddings and adjacency.
+        export: that closing report's checkpoint holds the best epoch's model (`model/`).
+        best_weights_dir: a folder (path or URI) on the sweep's storage where each trial keeps its
+            best epoch's weights, `<trial id>.safetensors`, once they are behind its latest epoch.
     """
 
     phase: str
@@ -33,6 +36,8 @@ class PhasePlan:
     threads: int = 1
     report_test: bool = False
     artifacts: bool = False
+    export: bool = False
+    best_weights_dir: str | None = None
 
     def values(self, trial_config: dict) -> dict:
         """The flat training options of a trial: its cell's constants, then what the trial varies."""
@@ -41,3 +46,6 @@ class PhasePlan:
 
     def train_config(self, trial_config: dict) -> TrainConfig:
         return TrainConfig.from_dict(self.values(trial_config))
+
+    def best_weights_location(self, trial_id: str) -> str | None:
+        return f"{self.best_weights_dir.rstrip('/')}/{trial_id}.safetensors" if self.best_weights_dir else None

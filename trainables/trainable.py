@@ -6,9 +6,11 @@
 normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from "stopped
 early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and whether this
 attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or restore). A
-replicate trial closes with one report of its test metrics (`final=True`), whose checkpoint's
-`artifacts/` folder holds the test embeddings and one batch's adjacency per epoch when the plan asks
-for them. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
+replicate trial closes with one report of its test metrics (`final=True`), whose checkpoint holds
+what the plan asks for: `artifacts/` (the test embeddings and one batch's adjacency per epoch) and
+`model/` (the best epoch's model, exported). Each trial keeps its best epoch's weights, once behind,
+in one file on the sweep's storage (`PhasePlan.best_weights_dir`), so its checkpoints hold one copy
+of the weights. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -26,6 +29,7 @@ from ray import tune
 from gloss_core.config import Report, TrainConfig
 from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.train import train
+from gloss_core.training.checkpoint import BestWeights
 from trainables.plan import PhasePlan
 
 
@@ -45,15 +49,19 @@ def nan_failures(metrics: dict) -> list[str]:
             if isinstance(v, float) and math.isnan(v) and not k.endswith("_silhouette")]
 
 
-def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from: str | None = None) -> dict:
+def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from: str | None = None,
+              best_weights: BestWeights | None = None) -> dict:
     """One trial without Ray: train, then, for the replicate phase, one closing report of the test
-    metrics whose checkpoint folder holds the artifacts. The scratch folder of the artifacts is
-    removed however the run ends."""
-    with tempfile.TemporaryDirectory(prefix="gloss-trial-") if plan.artifacts else nullcontext() as scratch:
-        if scratch is not None:
+    metrics whose checkpoint folder holds the artifacts (`artifacts/`) and the exported model
+    (`model/`). The scratch folder they are written to is removed however the run ends."""
+    keeps = plan.artifacts or plan.export
+    with tempfile.TemporaryDirectory(prefix="gloss-trial-") if keeps else nullcontext() as scratch:
+        if plan.artifacts:
             config = replace(config, artifacts_dir=os.path.join(scratch, "artifacts"))
+        if plan.export:
+            config = replace(config, save_model=os.path.join(scratch, "model"))
         try:
-            result = train(config, report, resume_from)
+            result = train(config, report, resume_from, best_weights)
         except NonFiniteEmbeddingsError as err:
             raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
         if plan.report_test:
@@ -65,8 +73,12 @@ def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from:
 def gloss_trainable(config: dict, plan: PhasePlan) -> None:
     torch.set_num_threads(plan.threads)
     checkpoint = tune.get_checkpoint()
+    if checkpoint is not None and not checkpoint.filesystem.get_file_info(checkpoint.path).type:
+        checkpoint = None  # deleted as its trial finished, then the driver died before saving that
     where = {"node_id": ray.get_runtime_context().get_node_id(),  # which node ran it (a tag in MLflow)
              "resumed_from_checkpoint": 1.0 if checkpoint is not None else 0.0}
+
+    persisted = {"s": 0.0}  # how long Tune took to copy the previous report's checkpoint to storage
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         metrics = numeric(metrics)
@@ -74,11 +86,15 @@ def gloss_trainable(config: dict, plan: PhasePlan) -> None:
         if bad:
             raise TrialFailed(f"NaN metric(s) {bad} at epoch {metrics.get('epoch')}")
         saved = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**metrics, **where}, checkpoint=saved)
+        started = time.perf_counter()
+        tune.report({**metrics, **where, "checkpoint_persist_s": persisted["s"]}, checkpoint=saved)
+        persisted["s"] = time.perf_counter() - started if saved is not None else 0.0
 
     run_config = plan.train_config(config)
+    location = plan.best_weights_location(tune.get_context().get_trial_id())
+    best_weights = BestWeights(location) if location else None
     if checkpoint is None:
-        run_trial(run_config, plan, report)
+        run_trial(run_config, plan, report, best_weights=best_weights)
     else:
         with checkpoint.as_directory() as folder:
-            run_trial(run_config, plan, report, folder)
+            run_trial(run_config, plan, report, folder, best_weights)

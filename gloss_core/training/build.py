@@ -17,11 +17,14 @@ from gloss_core.data.splits import DatasetSplits
 from gloss_core.graph.sigma import FixedSigma, SigmaStrategy, make_sigma
 from gloss_core.losses.registry import build_loss
 from gloss_core.models import TextClassifier, load_tokenizer
+from gloss_core.training.checkpoint import BestWeights
 from gloss_core.training.engine import Run, embed
 
 
-def build_run(config: TrainConfig, state: dict | None = None) -> Run:
-    """Everything one training run needs, built in order; `state` (a checkpoint) restores it."""
+def build_run(config: TrainConfig, state: dict | None = None, best_weights: BestWeights | None = None) -> Run:
+    """Everything one training run needs, built in order; `state` (a checkpoint) restores it.
+    `best_weights` is where the best epoch's weights wait between checkpoints (see
+    `gloss_core.training.checkpoint`); None keeps them inside each checkpoint."""
     seeds = config.seeds()
     device = pick_device(config.device)
     splits = load_splits(config)
@@ -39,7 +42,7 @@ def build_run(config: TrainConfig, state: dict | None = None) -> Run:
     optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(config, optimizer, len(data.train))
-    run = Run(config, model, data, device, autocast, weights, loss_fn, optimizer, scheduler)
+    run = Run(config, model, data, device, autocast, weights, loss_fn, optimizer, scheduler, best_weights)
     torch.manual_seed(seeds["dropout"])
     if state is not None:
         run.restore(state)

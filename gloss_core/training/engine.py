@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +24,27 @@ from gloss_core.graph.propagation import gaussian_affinity
 from gloss_core.graph.sigma import BatchSqrtSigma, FixedSigma
 from gloss_core.losses.gloss import GLoss
 from gloss_core.timing import PhaseTimer
-from gloss_core.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from gloss_core.training.checkpoint import BestWeights, CheckpointError, rng_state, save_checkpoint, set_rng_state
 from gloss_core.training.metrics import classification_metrics, silhouettes
 from gloss_core.training.probe import train_linear_probe
 
 ADJACENCY_BATCH = 64  # rows of the fixed training batch whose adjacency is saved per epoch
+SHM = "/dev/shm"
+
+
+def checkpoint_scratch(weight_bytes: int) -> str | None:
+    """Where each epoch's checkpoint is written before `report` hands it on (Ray Tune copies it to
+    storage): memory (`/dev/shm`) when it has room for four checkpoints, so only that copy touches
+    the disk; else the default temporary folder. `GLOSS_CHECKPOINT_SCRATCH` overrides both."""
+    chosen = os.environ.get("GLOSS_CHECKPOINT_SCRATCH")
+    if chosen:
+        return chosen
+    try:
+        if shutil.disk_usage(SHM).free > 4 * 3.2 * weight_bytes:
+            return SHM
+    except OSError:
+        pass
+    return None
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -52,9 +70,13 @@ class Run:
     """One run's model, data, loss, optimiser and state. Built by `build_run`; see its order."""
 
     def __init__(self, config: TrainConfig, model, data, device: torch.device, autocast: torch.dtype | None,
-                 class_weights, loss_fn, optimizer, scheduler):
+                 class_weights, loss_fn, optimizer, scheduler, best_weights: BestWeights | None = None):
         self.config, self.model, self.data, self.device, self.autocast = config, model, data, device, autocast
         self.class_weights, self.loss_fn, self.optimizer, self.scheduler = class_weights, loss_fn, optimizer, scheduler
+        self.best_weights = best_weights  # where the best epoch's weights wait once it is not the current one
+        self.stored_best_epoch = 0  # the epoch whose weights that file holds
+        self.probe_head = None  # standalone: the linear probe, the head an exported model carries
+        self.scratch = checkpoint_scratch(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
         self.standalone = config.protocol == "standalone"
         self.timer = PhaseTimer(device, enabled=config.timing)
         if isinstance(loss_fn.aux_loss, GLoss):
@@ -72,11 +94,19 @@ class Run:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
+        """Everything an exact resume needs. The best epoch's weights are left out while they are
+        the current ones; once behind, they go to `best_weights` (written when they change), or
+        into the state itself (`best_state`) for a run without that file."""
+        best_epoch = self.best["best_epoch"]
+        behind = 0 < best_epoch < self.epoch
+        if behind and self.best_weights is not None and self.stored_best_epoch != best_epoch:
+            self.best_weights.save(self.best_state, best_epoch)
+            self.stored_best_epoch = best_epoch
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loss": self.loss_fn.state_dict(), "rng": rng_state(),
-            "epoch": self.epoch, "best": dict(self.best), "best_state": self.best_state, "history": self.history,
-            "sigma_value": self.sigma_value,
+            "epoch": self.epoch, "best": dict(self.best), "history": self.history, "sigma_value": self.sigma_value,
+            "best_state": self.best_state if behind and self.best_weights is None else None,
         }
 
     def restore(self, state: dict) -> None:
@@ -86,7 +116,17 @@ class Run:
         self.loss_fn.load_state_dict(state["loss"])
         set_rng_state(state["rng"])
         self.epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
-        self.best_state = state["best_state"]
+        best_epoch = self.best["best_epoch"]
+        if state.get("best_state") is not None:
+            self.best_state = state["best_state"]
+        elif best_epoch == self.epoch:
+            self.best_state = state["model"]  # the checkpoint's own weights (the model holds copies)
+        elif best_epoch > 0:
+            if self.best_weights is None:
+                raise CheckpointError(f"the checkpoint's best epoch {best_epoch} is in a best-weights file; "
+                                      "resume with the same checkpoint folder (or best-weights location)")
+            self.best_state = self.best_weights.load(best_epoch)
+            self.stored_best_epoch = best_epoch
 
     # ---- evaluation ---------------------------------------------------------------------------
     def embed(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,9 +199,10 @@ class Run:
     def _report(self, report: Report, metrics: dict) -> None:
         every = self.config.checkpoint_every
         if every and self.epoch % every == 0:
-            with tempfile.TemporaryDirectory(prefix="gloss-ckpt-") as folder:
+            with tempfile.TemporaryDirectory(prefix="gloss-ckpt-", dir=self.scratch) as folder:
+                started = time.perf_counter()
                 save_checkpoint(folder, self.state())
-                report(dict(metrics), folder)
+                report({**metrics, "checkpoint_write_s": time.perf_counter() - started}, folder)
         else:
             report(dict(metrics), None)
 
@@ -212,14 +253,14 @@ class Run:
         config = self.config
         _, train_emb, train_labels = self.embed(self.data.eval_train)
         _, val_emb, val_labels = self.embed(self.data.val)
-        head, info = train_linear_probe(
+        self.probe_head, info = train_linear_probe(
             train_emb, train_labels, val_emb, val_labels, self.data.splits.num_classes, epochs=config.probe_epochs,
             patience=config.probe_patience, lr=config.probe_lr, seed=config.seeds()["init"],
             class_weights=self.class_weights,
         )
         with torch.no_grad():
-            val = classification_metrics(head(val_emb), val_labels)
-            test = classification_metrics(head(test_emb), test_labels)
+            val = classification_metrics(self.probe_head(val_emb), val_labels)
+            test = classification_metrics(self.probe_head(test_emb), test_labels)
         return {**info, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                 "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"]}
 

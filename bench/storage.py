@@ -1,0 +1,174 @@
+"""Storage of a sweep, measured on the demo spec (sweeps/specs/demo.yaml), all in one run:
+
+1. The demo sweep into a fresh folder, with the bytes under its storage path sampled every 0.25 s:
+   the peak during the sweep, what is left after it, and what the MLflow store holds (the exported
+   replicate models).
+2. One demo trial's checkpoints, in this process: bytes written per epoch's checkpoint as a
+   multiple of the model's fp32 size, the best-weights file, and the time to write a checkpoint
+   (`state.pt`, then copied to a storage folder as Ray Tune persists it) as a share of the epoch's
+   time (train + validation), with one torch thread as each demo trial has.
+
+Usage:
+    .venv/bin/python bench/storage.py                   # about 4 minutes on 2 cores
+    .venv/bin/python bench/storage.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def folder_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass  # deleted while walking
+    return total
+
+
+class Sampler(threading.Thread):
+    def __init__(self, path: Path, every_s: float = 0.25):
+        super().__init__(daemon=True)
+        self.path, self.every_s, self.peak, self.stopped = path, every_s, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.peak = max(self.peak, folder_bytes(self.path))
+            self.stopped.wait(self.every_s)
+
+
+def sweep(tmp: Path) -> dict:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec_text = yaml.safe_load((REPO / "sweeps/specs/demo.yaml").read_text())
+    spec_text.update({"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "storage_path": str(tmp / "ray_results")})
+    (tmp / "demo.yaml").write_text(yaml.safe_dump(spec_text))
+    spec = load_spec(tmp / "demo.yaml")
+    storage = tmp / "ray_results"
+    storage.mkdir()
+    sampler = Sampler(storage)
+    sampler.start()
+    os.chdir(tmp)  # MLflow's default artifact root for a SQLite store is relative to the working folder
+    started = time.perf_counter()
+    run_sweep(spec)
+    seconds = time.perf_counter() - started
+    sampler.stopped.set()
+    sampler.join()
+    checkpoint_s = iteration_s = 0.0
+    for results in storage.glob("*/*/*/result.json"):  # Tune's per-trial results stay; checkpoints go
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            checkpoint_s += row.get("checkpoint_write_s", 0.0) + row.get("checkpoint_persist_s", 0.0)
+            iteration_s += row.get("time_this_iter_s", 0.0) if not row.get("final") else 0.0
+    return {"cells": len(spec.cells()), "concurrent_trials": spec.search.max_concurrent * len(spec.cells()),
+            "peak_storage_bytes": sampler.peak, "left_storage_bytes": folder_bytes(storage),
+            "left_checkpoints": len(list(storage.glob("*/*/*/checkpoint_*"))),
+            "mlflow_bytes": sum(folder_bytes(p) for p in tmp.iterdir() if p.is_dir() and p != storage),
+            "checkpoint_share_in_sweep": checkpoint_s / iteration_s if iteration_s else float("nan"),
+            "sweep_s": seconds}
+
+
+def checkpoints(tmp: Path, epochs: int = 3) -> dict:
+    """One demo trial (the gloss_o cell, mid-range hyperparameters), checkpointing every epoch as a
+    sweep trial does; each checkpoint folder is then copied to a storage folder as Tune copies it."""
+    import pyarrow.fs
+    import torch
+
+    import gloss_core.training.engine as engine
+    from gloss_core.config import TrainConfig
+    from gloss_core.training.build import build_run
+    from gloss_core.training.checkpoint import BestWeights
+    from sweeps.spec import load_spec
+
+    torch.set_num_threads(1)
+    spec = load_spec(REPO / "sweeps/specs/demo.yaml")
+    cell = next(c for c in spec.cells() if c.loss == "gloss_o")
+    values = {**cell.constants, "lr": 5e-5, "sigma": 1.0, "lam": 0.7, "gamma": 0.6, "epochs": epochs}
+    run = build_run(TrainConfig.from_dict(values), best_weights=BestWeights(tmp / "best" / "trial.safetensors"))
+    fp32 = sum(t.numel() * 4 for t in run.model.state_dict().values())
+    saves, rows, mark = [], [], [time.perf_counter()]
+    save = engine.save_checkpoint
+
+    def timed_save(folder, state):
+        started = time.perf_counter()
+        path = save(folder, state)
+        saves.append(time.perf_counter() - started)
+        return path
+
+    def report(metrics: dict, folder: str) -> None:
+        reported = time.perf_counter()
+        destination = tmp / "storage" / f"checkpoint_{metrics['epoch']:06d}"
+        destination.mkdir(parents=True)
+        pyarrow.fs.copy_files(folder, str(destination), source_filesystem=pyarrow.fs.LocalFileSystem(),
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        copy_s = time.perf_counter() - reported
+        rows.append({"epoch": metrics["epoch"], "epoch_s": reported - mark[0] - saves[-1],
+                     "checkpoint_s": saves[-1] + copy_s, "state_bytes": os.path.getsize(Path(folder) / "state.pt")})
+        shutil.rmtree(destination)
+        mark[0] = time.perf_counter()
+
+    engine.save_checkpoint = timed_save
+    try:
+        run.fit(report)
+    finally:
+        engine.save_checkpoint = save
+    best = BestWeights(tmp / "best" / "measured.safetensors")
+    best.save(run.model.state_dict(), 1)
+    return {"model_fp32_bytes": fp32, "epochs": rows,
+            "state_over_fp32": max(r["state_bytes"] for r in rows) / fp32,
+            "best_file_over_fp32": (tmp / "best" / "measured.safetensors").stat().st_size / fp32,
+            "checkpoint_share_median": statistics.median(r["checkpoint_s"] / r["epoch_s"] for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "ckpt").mkdir()
+        report = {"checkpoints": checkpoints(tmp / "ckpt")}
+        (tmp / "sweep").mkdir()
+        report["sweep"] = sweep(tmp / "sweep")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    mb = 1e6
+    c, s = report["checkpoints"], report["sweep"]
+    model_mb = c["model_fp32_bytes"] / mb
+    print(f"model (fp32): {model_mb:.1f} MB")
+    print(f"state.pt per epoch: {c['state_over_fp32']:.2f} x the model; best-weights file: "
+          f"{c['best_file_over_fp32']:.2f} x, written only when the best epoch falls behind")
+    for row in c["epochs"]:
+        print(f"  epoch {row['epoch']}: epoch {row['epoch_s']:.2f} s, checkpoint write + copy {row['checkpoint_s']:.3f} s")
+    print(f"checkpoint write + copy as a share of an epoch, one trial alone (median): "
+          f"{100 * c['checkpoint_share_median']:.1f}%")
+    print(f"demo sweep ({s['sweep_s']:.0f} s): peak {s['peak_storage_bytes'] / mb:.0f} MB under the storage path, "
+          f"{s['left_storage_bytes'] / mb:.1f} MB and {s['left_checkpoints']} checkpoints left after it; "
+          f"MLflow store {s['mlflow_bytes'] / mb:.0f} MB (the exported models)")
+    print(f"checkpoint write + copy as a share of the sweep's epochs (4 trials at once): "
+          f"{100 * s['checkpoint_share_in_sweep']:.1f}%")
+    print(f"targets: left <= 1.5 x cells x model + 50 MB = {1.5 * s['cells'] * model_mb + 50:.0f} MB; "
+          f"peak <= (concurrent + 1) x checkpoint = {(s['concurrent_trials'] + 1) * c['state_over_fp32'] * model_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
