@@ -25,7 +25,9 @@ def report(
 ):
     """Write every table (Markdown, LaTeX, CSV), figure (PNG, PDF) and one report for the sweeps."""
     from analysis.report import write_report
-    from gloss_core.provenance import default_tracking_uri
+    from gloss_core.provenance import default_tracking_uri, quiet_mlflow
+
+    quiet_mlflow()
 
     if fmt not in ("md", "html"):
         console.print(f"[red]--format must be md or html, got {fmt!r}[/red]")

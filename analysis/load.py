@@ -23,6 +23,7 @@ from sweeps.record import SweepRecord, read_record
 
 ID_COLUMNS = ["sweep", "protocol", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id",
               "ended", "status", "run_id"]
+DUPLICATE_KEY = ["sweep", "protocol", "phase", "cell", "seed"]  # two completed runs that agree here are duplicates
 HISTORY_PREFIXES = ("val_", "train_", "time_", "epoch_time")  # per-epoch metrics (step = epoch)
 
 
@@ -130,7 +131,7 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
 
 def check_runs(runs: pd.DataFrame) -> list[str]:
     """Problems a reader must know before trusting a table: seeds that some methods lack within a
-    (sweep, dataset, model) group, duplicate (method, dataset, model, seed) runs, failed runs."""
+    (sweep, protocol, dataset, model) group, duplicate runs (same DUPLICATE_KEY), failed runs."""
     problems = []
     if runs.empty:
         return ["no trial runs found"]
@@ -143,10 +144,10 @@ def check_runs(runs: pd.DataFrame) -> list[str]:
             if missing:
                 problems.append(f"missing seeds: {sweep}/{protocol}/{dataset}/{model}/{method} lacks seed(s) "
                                 f"{missing} that other methods have; paired tests use matched seeds only")
-    keys = ["sweep", "method", "dataset", "model", "seed"]
-    dupes = done[done.duplicated(keys, keep=False)]
-    for key, rows in dupes.groupby(keys):
-        problems.append(f"duplicate runs: {'/'.join(map(str, key))} has {len(rows)} completed replicate runs "
+    finished = runs[runs["phase"].isin(["replicate", "sensitivity"]) & (runs["ended"] == "completed")]
+    dupes = finished[finished.duplicated(DUPLICATE_KEY, keep=False)]
+    for key, rows in dupes.groupby(DUPLICATE_KEY):
+        problems.append(f"duplicate runs: {'/'.join(map(str, key))} has {len(rows)} completed runs "
                         f"({', '.join(rows['run_id'])}); the first is used")
     failed = runs[runs["ended"].isin(["failed", "interrupted"])]
     for (sweep, phase, ended), rows in failed.groupby(["sweep", "phase", "ended"]):
@@ -155,5 +156,5 @@ def check_runs(runs: pd.DataFrame) -> list[str]:
 
 
 def dedupe(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep the first completed run per (sweep, method, dataset, model, seed), as check_runs says."""
-    return frame.drop_duplicates(["sweep", "method", "dataset", "model", "seed"], keep="first")
+    """Keep the first completed run per DUPLICATE_KEY, as check_runs says."""
+    return frame.drop_duplicates(DUPLICATE_KEY, keep="first")

@@ -1,20 +1,21 @@
-"""Figures, each written as PNG and PDF with a provenance footer drawn under it.
+"""Figures, each written as PNG and PDF; the caption and the provenance travel in each file's
+metadata (PNG text chunks Title / Description, PDF Title / Subject), not drawn in the image.
 
-- learning_curves: validation metric per epoch, mean and 95% t-band over seeds (paper's curves).
+- learning_curves: validation metric per epoch, mean and (n >= 3 seeds) 95% t-band (paper's curves).
 - cd_diagram: average ranks with Nemenyi's critical difference and cliques (Demsar 2006).
 - timing_breakdown: mean seconds per epoch in each training phase (paper Fig. 6).
 - ablation: metric against one G-Loss hyperparameter, one line per dataset (paper Figs. 2-3).
-- tornado: one-at-a-time swings of sigma, lambda and gamma around a base config, seed whiskers (Fig. 7).
+- tornado: one-at-a-time swings of each parameter around the centre config, seed whiskers (Fig. 7).
 - tsne: test embeddings per method (Fig. 5); adjacency: one batch's affinity over epochs (Fig. 4).
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,14 +26,15 @@ from scipy import stats  # noqa: E402
 from analysis.stats import RankTest  # noqa: E402
 
 
-def save(fig, folder: Path, name: str, footer: str) -> list[Path]:
+def save(fig, folder: Path, name: str, meta: dict[str, str] | None = None) -> list[Path]:
+    """PNG and PDF; `meta` {"title", "provenance"} goes into each file's metadata."""
     folder.mkdir(parents=True, exist_ok=True)
-    if footer:
-        fig.text(0.01, -0.01, textwrap.fill(footer, 170), fontsize=5.5, color="0.35", ha="left", va="top",
-                 family="monospace")
+    meta = meta or {}
+    title, provenance = meta.get("title", name), meta.get("provenance", "")
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight",
+                metadata={"Title": title, "Description": provenance, "Software": "gloss analyze"})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Title": title, "Subject": provenance, "Creator": "gloss analyze"})
     plt.close(fig)
     return paths
 
@@ -46,12 +48,15 @@ def _grid(count: int, width: float = 4.2, height: float = 3.2):
     return fig, list(axes.flat[:count])
 
 
+MIN_BAND_SEEDS = 3  # a t-band of two seeds is +-12.7 standard errors: noise, not information
+
+
 def _t_band(values: np.ndarray) -> float:
     n = len(values)
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n >= MIN_BAND_SEEDS else math.nan
 
 
-def learning_curves(history: pd.DataFrame, metric: str, folder: Path, footer: str) -> list[Path]:
+def learning_curves(history: pd.DataFrame, metric: str, folder: Path, meta: dict | None = None) -> list[Path]:
     """`history`: rows with block, method, seed, epoch, value (one metric)."""
     if history.empty:
         return []
@@ -64,15 +69,17 @@ def learning_curves(history: pd.DataFrame, metric: str, folder: Path, footer: st
             mean = np.array([np.mean(v) for v in curve])
             band = np.array([_t_band(np.asarray(v)) for v in curve])
             ax.plot(epochs, mean, marker="o", ms=3, label=f"{method} (n={part['seed'].nunique()})")
-            ax.fill_between(epochs, mean - band, mean + band, alpha=0.2)
+            if np.isfinite(band).any():
+                ax.fill_between(epochs, mean - band, mean + band, alpha=0.2)
         ax.set_title(block, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Validation learning curves: mean and 95% t-band over seeds ({metric})", fontsize=10)
+    fig.suptitle(f"Validation learning curves ({metric}): mean over seeds, 95% t-band where n ≥ {MIN_BAND_SEEDS}",
+                 fontsize=10)
     fig.tight_layout()
-    return save(fig, folder, f"learning_curves_{metric}", footer)
+    return save(fig, folder, f"learning_curves_{metric}", meta)
 
 
 def cliques(test: RankTest) -> list[list[str]]:
@@ -86,7 +93,7 @@ def cliques(test: RankTest) -> list[list[str]]:
     return [names[a:b + 1] for a, b in groups]
 
 
-def cd_diagram(test: RankTest, title: str, folder: Path, name: str, footer: str) -> list[Path]:
+def cd_diagram(test: RankTest, title: str, folder: Path, name: str, meta: dict | None = None) -> list[Path]:
     ranks = test.ranks.sort_values()
     k = len(ranks)
     fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * k))
@@ -112,10 +119,10 @@ def cd_diagram(test: RankTest, title: str, folder: Path, name: str, footer: str)
         ax.hlines(-0.4 - 0.25 * depth, lo - 0.05, hi + 0.05, color="tab:blue", lw=3)
     p = "n/a" if test.friedman_p is None else f"{test.friedman_p:.3g}"
     ax.set_title(f"{title}: average ranks (1 = best), N={test.n_blocks} datasets, Friedman p={p}", fontsize=9)
-    return save(fig, folder, name, footer)
+    return save(fig, folder, name, meta)
 
 
-def timing_breakdown(timing: pd.DataFrame, folder: Path, footer: str) -> list[Path]:
+def timing_breakdown(timing: pd.DataFrame, folder: Path, meta: dict | None = None) -> list[Path]:
     """`timing`: rows with block, method, phase, seconds (mean per epoch)."""
     if timing.empty:
         return []
@@ -138,50 +145,66 @@ def timing_breakdown(timing: pd.DataFrame, folder: Path, footer: str) -> list[Pa
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, ncol=len(phases), loc="upper right")
-    return save(fig, folder, "timing_breakdown", footer)
+    return save(fig, folder, "timing_breakdown", meta)
 
 
-def ablation(points: pd.DataFrame, param: str, metric: str, folder: Path, footer: str) -> list[Path]:
-    """`points`: rows with block, value (of the parameter), mean, std, n."""
+def ablation(points: pd.DataFrame, param: str, metric: str, folder: Path, meta: dict | None = None) -> list[Path]:
+    """`points`: rows with block, x (the parameter's value), mean, std, n."""
     if points.empty:
         return []
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for block, part in points.groupby("block", sort=False):
         part = part.sort_values("x")
+        low, high = int(part["n"].min()), int(part["n"].max())
         ax.errorbar(part["x"], part["mean"], yerr=part["std"].fillna(0), marker="o", capsize=3,
-                    label=f"{block} (n={int(part['n'].min())}-{int(part['n'].max())})")
+                    label=f"{block} (n={low if low == high else f'{low}-{high}'})")
     ax.set_xlabel(param)
-    if param in ("sigma", "sigma_scale") and points["x"].min() > 0 and points["x"].max() / points["x"].min() >= 4:
+    xs = sorted(points["x"].unique())
+    if param in ("sigma", "sigma_scale") and xs[0] > 0 and xs[-1] / xs[0] >= 4:
         ax.set_xscale("log")  # multipliers of the kernel width
+    if len(xs) <= 8:  # label the values that ran, in plain numbers
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    elif isinstance(ax.xaxis.get_major_formatter(), matplotlib.ticker.ScalarFormatter):
+        ax.xaxis.get_major_formatter().set_useOffset(False)
     ax.set_ylabel(metric)
     ax.set_title(f"Ablation of {param}: mean ± std over seeds", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save(fig, folder, f"ablation_{param}", footer)
+    return save(fig, folder, f"ablation_{param}", meta)
 
 
-def tornado(bars: pd.DataFrame, base: float, block: str, metric: str, folder: Path, name: str,
-            footer: str) -> list[Path]:
-    """`bars`: rows with param, low_x, low_mean, low_std, high_x, high_mean, high_std; sorted by swing."""
-    bars = bars.assign(swing=(bars["high_mean"] - bars["low_mean"]).abs()).sort_values("swing")
-    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.6 * len(bars)))
+def tornado(bars: pd.DataFrame, centre: float, group: str, metric: str, folder: Path, name: str,
+            meta: dict | None = None) -> list[Path]:
+    """`bars`: rows with param, centre_x, low_x/low_mean/low_std, high_x/high_mean/high_std, swing
+    (largest first; a skipped side is NaN). Bars run from the centre to each side's mean; whiskers
+    are the std over seeds."""
+    bars = bars.iloc[::-1].reset_index(drop=True)  # barh draws bottom-up: the largest swing on top
+    fig, ax = plt.subplots(figsize=(6.4, 1.1 + 0.6 * len(bars)))
     y = np.arange(len(bars))
-    ax.barh(y - 0.18, bars["low_mean"] - base, left=base, height=0.36, color="tab:blue", label="low value")
-    ax.barh(y + 0.18, bars["high_mean"] - base, left=base, height=0.36, color="tab:orange", label="high value")
-    ax.errorbar(bars["low_mean"], y - 0.18, xerr=bars["low_std"].fillna(0), fmt="none", ecolor="k", capsize=3)
-    ax.errorbar(bars["high_mean"], y + 0.18, xerr=bars["high_std"].fillna(0), fmt="none", ecolor="k", capsize=3)
-    ax.axvline(base, color="k", lw=1)
-    ax.set_yticks(y, [f"{r.param}: {r.low_x:g} / {r.high_x:g} (swing {r.swing:.4f})" for r in bars.itertuples()],
-                  fontsize=8)
-    ax.set_xlabel(f"{metric} (base {base:.4f})")
-    ax.set_title(f"Sensitivity around the base config, {block}: mean ± std over seeds", fontsize=9)
-    ax.legend(fontsize=7)
+    for side, offset, color in (("low", -0.18, "tab:blue"), ("high", 0.18, "tab:orange")):
+        mean, std = bars[f"{side}_mean"], bars[f"{side}_std"].fillna(0)
+        shown = mean.notna().to_numpy()
+        ax.barh(y[shown] + offset, (mean - centre)[shown], left=centre, height=0.36, color=color,
+                label=f"{side} value")
+        ax.errorbar(mean[shown], y[shown] + offset, xerr=std[shown], fmt="none", ecolor="k", capsize=3)
+    ax.axvline(centre, color="k", lw=1)
+
+    def label(r) -> str:
+        low = "–" if r.low_x != r.low_x else f"{r.low_x:g}"
+        high = "–" if r.high_x != r.high_x else f"{r.high_x:g}"
+        return f"{r.param}: {low} | {r.centre_x:g} | {high}\n(swing {r.swing:.4f})"
+
+    ax.set_yticks(y, [label(r) for r in bars.itertuples()], fontsize=8)
+    ax.set_xlabel(f"{metric} (centre {centre:.4f}: the best config's replicate runs)")
+    ax.set_title(f"Sensitivity around the best config, {group}\nmean over seeds, whiskers ± std", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    return save(fig, folder, name, footer)
+    return save(fig, folder, name, meta)
 
 
 def tsne(embeddings: dict[str, tuple[np.ndarray, np.ndarray]], block: str, folder: Path, name: str,
-         footer: str, max_points: int = 1000, seed: int = 0) -> list[Path]:
+         meta: dict | None = None, max_points: int = 1000, seed: int = 0) -> list[Path]:
     """`embeddings`: method -> (embeddings, labels) of the test set."""
     from sklearn.manifold import TSNE
 
@@ -203,11 +226,11 @@ def tsne(embeddings: dict[str, tuple[np.ndarray, np.ndarray]], block: str, folde
     if len(names) <= 20:
         fig.legend(handles, names, title="class", fontsize=7, loc="center right", markerscale=2)
     fig.suptitle(f"t-SNE of test embeddings, {block}", fontsize=10)
-    return save(fig, folder, name, footer)
+    return save(fig, folder, name, meta)
 
 
 def adjacency(matrices: dict[int, np.ndarray], labels: np.ndarray, title: str, folder: Path, name: str,
-              footer: str) -> list[Path]:
+              meta: dict | None = None) -> list[Path]:
     """`matrices`: epoch -> affinity matrix of one fixed batch (rows ordered by label)."""
     fig, axes = _grid(len(matrices), 3.2, 3.0)
     top = max(float(np.max(m)) for m in matrices.values()) or 1.0
@@ -222,10 +245,10 @@ def adjacency(matrices: dict[int, np.ndarray], labels: np.ndarray, title: str, f
         ax.set_yticks([])
     fig.colorbar(image, ax=axes, shrink=0.8, label="affinity")
     fig.suptitle(title, fontsize=10)
-    return save(fig, folder, name, footer)
+    return save(fig, folder, name, meta)
 
 
-def importance(scores: pd.DataFrame, folder: Path, footer: str) -> list[Path]:
+def importance(scores: pd.DataFrame, folder: Path, meta: dict | None = None) -> list[Path]:
     """`scores`: rows with cell, param, importance, trials (fANOVA, one panel per cell)."""
     if scores.empty:
         return []
@@ -239,4 +262,4 @@ def importance(scores: pd.DataFrame, folder: Path, footer: str) -> list[Path]:
         ax.set_xlabel("fANOVA importance")
     fig.suptitle("Hyperparameter importance in the search phase (fANOVA over full-budget trials)", fontsize=10)
     fig.tight_layout()
-    return save(fig, folder, "param_importance", footer)
+    return save(fig, folder, "param_importance", meta)

@@ -15,7 +15,8 @@ import pandas as pd
 from gloss_core.spread import MeanStd
 
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def fmt(value: float | None, decimals: int) -> str:
@@ -32,7 +33,8 @@ def pm(mean: float, std: float, decimals: int) -> str:
 def latex_escape(text: str) -> str:
     out = "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
     return (out.replace("±", r"$\pm$").replace("–", "--").replace("Δ", r"$\Delta$").replace("†", r"$^\dagger$")
-            .replace("≥", r"$\geq$").replace("α", r"$\alpha$"))
+            .replace("≥", r"$\geq$").replace("≤", r"$\leq$").replace("α", r"$\alpha$").replace("↑", r"$\uparrow$")
+            .replace("↓", r"$\downarrow$").replace("−", "--").replace("×", r"$\times$"))
 
 
 @dataclass
@@ -53,12 +55,12 @@ class Table:
             cells.iloc[row, cells.columns.get_loc(column)] = bold(text) if mark == "best" else underline(text)
         return cells
 
-    def markdown(self) -> str:
+    def markdown(self, footer: bool = True) -> str:
         cells = self.marked(lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
         parts = [f"**{self.caption}**", "", cells.to_markdown(index=False, disable_numparse=True)]
         if self.notes:
             parts += ["", *[f"- {note}" for note in self.notes]]
-        if self.footer:
+        if self.footer and footer:
             parts += ["", f"<sub>{self.footer}</sub>"]
         return "\n".join(parts) + "\n"
 
@@ -82,18 +84,3 @@ class Table:
         paths[1].write_text(self.latex(), encoding="utf-8")
         self.numbers.to_csv(paths[2], index=False)
         return paths
-
-
-def mark_best(cells: pd.DataFrame, means: pd.Series, column: str, rows: list[int], higher_is_better: bool,
-              marks: dict) -> None:
-    """Mark the best and second-best of `rows` (positions) in `column` by their means."""
-    valid = [(means.iloc[r], r) for r in rows if not math.isnan(means.iloc[r])]
-    ordered = sorted(valid, key=lambda pair: -pair[0] if higher_is_better else pair[0])
-    distinct = sorted({v for v, _ in ordered}, reverse=higher_is_better)
-    if len(distinct) < 2:
-        return
-    for value, row in ordered:
-        if value == distinct[0]:
-            marks[(row, column)] = "best"
-        elif value == distinct[1]:
-            marks[(row, column)] = "second"

@@ -5,6 +5,7 @@ and URIs with their passwords hidden. The sweeps and the analysis both read it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -50,3 +51,12 @@ def redact(text: str) -> str:
     'postgresql://gloss:***@db:5432/mlflow'
     """
     return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", str(text))
+
+
+def quiet_mlflow() -> None:
+    """No artifact-download progress bars, no "View run ... at URL" line per finished run (an
+    `mlflow server` store prints one for each), and no INFO lines from MLflow on the console (the
+    commands print their own progress); warnings and errors still show."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)

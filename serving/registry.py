@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 
 from gloss_core.export import CARD, SavedModel, load_model
 from gloss_core.provenance import package_versions, redact
+from gloss_core.provenance import quiet_mlflow as quiet_console
 
 MODEL_NAME = "model"  # the logged model's name within its run: runs:/RUN/model
 ENTRY = str(Path(__file__).with_name("pyfunc_entry.py"))
@@ -30,8 +30,7 @@ def quiet_mlflow() -> None:
     """No download or loading progress bars and no INFO lines from MLflow in the console."""
     from transformers.utils import logging as transformers_logging
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    quiet_console()
     transformers_logging.disable_progress_bar()
 
 

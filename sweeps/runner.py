@@ -1,5 +1,7 @@
 """Run a sweep: search (every cell at once, one Optuna study and ASHA per cell), replicate (each
-cell's best config on N seeds, evaluated on test), then a summary table, printed and logged.
+cell's best config on N seeds, evaluated on test), optionally sensitivity (one-at-a-time
+perturbations of each chosen cell's best config on the replicate seeds), then a summary table,
+printed and logged.
 
 Each phase runs one Tuner and returns a small outcome; recording that outcome in MLflow (parent
 runs, best configs, test means) is a separate step. Trials are logged as they run by the phase's
@@ -13,9 +15,10 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -27,13 +30,15 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
-from gloss_core.provenance import default_tracking_uri
+from gloss_core.provenance import default_tracking_uri, redact
 from gloss_core.spread import mean_std
 from serving.registry import delete_registered, quiet_mlflow, register
 from sweeps.record import summary_run
 from sweeps.resilience import RetryingClient
 from sweeps.cells import CellASHA, CellSearcher
-from sweeps.spec import SpaceSampler, SweepSpec
+from sweeps.sensitivity import Point, describe, points, tags
+from sweeps.spec import Cell, SpaceSampler, SweepSpec
+from sweeps.storage import SweepStorage
 from sweeps.tracking import MLflowTrialLogger, ProgressPrinter, experiment_id, parent_run
 from trainables.plan import CELL, PhasePlan
 from trainables.trainable import gloss_trainable
@@ -71,16 +76,22 @@ class ReplicateOutcome:
     finals: dict[str, list[dict]]  # cell -> the closing test report of each replicate seed that finished
 
 
-def _can_restore(path: Path) -> bool:
+@dataclass
+class SensitivityOutcome:
+    points: list[Point]  # every perturbed config that ran
+    skipped: dict[str, list[str]]  # cell -> why a perturbation was not run (out of range, not numeric, ...)
+    finals: dict[str, list[dict]]  # point name -> the closing test report of each seed that finished
+
+
+def _can_restore(storage: SweepStorage, phase: str) -> bool:
     """Restorable: Tune saved its state and at least one trial folder exists (a sweep interrupted
     before its first trial cannot be restored by Tune; it simply starts again)."""
-    return tune.Tuner.can_restore(str(path)) and any(p.is_dir() for p in path.iterdir())
+    return tune.Tuner.can_restore(storage.uri_of(phase)) and bool(storage.folders(phase))
 
 
-def _interrupted(results: tune.ResultGrid, expected: int) -> bool:
-    """Tune returns normally on SIGINT: the phase is complete only if every expected trial exists
-    and reached a final state (terminated or errored)."""
-    return len(results) < expected or results.num_terminated + results.num_errors < len(results)
+def _replicates_finished(results: tune.ResultGrid) -> bool:
+    """Every replicate trial failed or sent its closing test report."""
+    return all(result.error is not None or result.metrics.get("final") for result in results)
 
 
 def _trial_ids(results: tune.ResultGrid) -> set[str]:
@@ -111,10 +122,10 @@ class SweepRunner:
     def __init__(self, spec: SweepSpec, tracking_uri: str | None = None, storage_path: str | None = None):
         self.spec = spec
         self.uri = tracking_uri or spec.tracking_uri or default_tracking_uri()
-        self.storage = Path(storage_path or spec.storage_path or "ray_results").resolve() / spec.name
+        self.storage = SweepStorage(storage_path or spec.storage_path or "ray_results", spec.name)
         # phase-boundary calls wait out an outage; the Model Registry lives in the same store
         self.client = RetryingClient(MlflowClient(self.uri, registry_uri=self.uri))
-        self.exp_id = experiment_id(self.client, spec.name)
+        self.exp_id = experiment_id(self.client, spec.name, self.uri)
         self.cells = {cell.name: cell for cell in spec.cells()}
         self.threads = max(1, int(spec.resources.cpu))
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
@@ -126,6 +137,7 @@ class SweepRunner:
             raise FileExistsError(f"{self.storage} holds an earlier run of sweep {self.spec.name!r}: "
                                   "pass --resume to continue it, or --restart to discard it and start again")
         summary_run(self.client, self.exp_id, self.spec)  # created first: the spec, git commit, package versions
+        self.announce(resume)
         try:
             search = self.search(resume)
             self.record_search(search)
@@ -133,47 +145,71 @@ class SweepRunner:
             if self.spec.replicate and search.best:
                 replicate = self.replicate(search, resume)
                 self.record_replicate(replicate)
-            return self.summarise(search, replicate)
+            sensitivity = SensitivityOutcome([], {}, {})
+            if self.spec.sensitivity and replicate.finals:
+                sensitivity = self.sensitivity(search, resume)
+                self.record_sensitivity(sensitivity)
+            return self.summarise(search, replicate, sensitivity)
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
+
+    def announce(self, resume: bool) -> None:
+        """What is about to run and where its results go, in two lines."""
+        spec = self.spec
+        replicate = f", then each cell's best on seeds {spec.replicate.seeds}" if spec.replicate else ""
+        console.print(f"sweep {spec.name}{' (resumed)' if resume else ''}: {len(self.cells)} cells, "
+                      f"{spec.search.num_samples} search trials each (ASHA up to {spec.asha.max_t} epochs){replicate}",
+                      markup=False, highlight=False)
+        if spec.sensitivity:
+            console.print(f"then sensitivity of {', '.join(spec.sensitivity.losses)} around its best config: "
+                          f"{describe(spec.sensitivity.params)} on seeds {spec.sensitivity_seeds()}",
+                          markup=False, highlight=False)
+        console.print(f"MLflow: {redact(self.uri)} | Tune state: {self.storage}", markup=False, highlight=False)
 
     def discard_previous(self) -> None:
         """Remove the Tune state, delete this sweep's MLflow runs and its registered models, so one
         experiment holds one sweep."""
-        if self.storage.exists():
-            shutil.rmtree(self.storage)
+        self.storage.remove()
         for run in self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000):
             self.client.delete_run(run.info.run_id)
         delete_registered(self.client, [registered_name(self.spec.name, cell) for cell in self.cells])
 
     def _best_weights_dir(self, phase: str) -> str:
         """Beside the phase's Tune folder, not in it (Tune reads every folder there as a trial)."""
-        return str(self.storage / "best_weights" / phase)
+        return self.storage.uri_of("best_weights", phase)
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
-             total: int) -> tune.ResultGrid:
-        """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go."""
-        phase, path = plan.phase, self.storage / plan.phase
-        self.parents[phase] = {name: parent_run(self.client, self.exp_id, cell, phase) for name, cell in self.cells.items()}
-        logger = MLflowTrialLogger(self.uri, self.exp_id, self.parents[phase], self.cells, plan,
-                                   unlogged_path=str(self.storage / f"mlflow_unlogged_{phase}.json"))
+             total: int, finished, cells: dict[str, Cell] | None = None) -> tune.ResultGrid:
+        """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go.
+        Tune returns normally on SIGINT, and marks the trials it stopped TERMINATED: the phase is
+        complete only if every expected trial exists and `finished(results)` says they all ended.
+        `cells`: the phase's cells by name (default: the grid's); a sensitivity point's runs go
+        under its grid cell's parent run."""
+        phase = plan.phase
+        cells = self.cells if cells is None else cells
+        bases = {cell.extra_tags.get("base_cell", name) for name, cell in cells.items()}
+        base_parents = {base: parent_run(self.client, self.exp_id, self.cells[base], phase) for base in sorted(bases)}
+        self.parents[phase] = base_parents
+        parents = {name: base_parents[cell.extra_tags.get("base_cell", name)] for name, cell in cells.items()}
+        logger = MLflowTrialLogger(self.uri, self.exp_id, parents, cells, plan,
+                                   unlogged=self.storage.file(f"mlflow_unlogged_{phase}.json"))
         progress = ProgressPrinter(phase, self.spec.metric, total, console.width)
         resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
         trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
-        if resume and path.exists() and _can_restore(path):
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        if resume and self.storage.exists(phase) and _can_restore(self.storage, phase):
+            tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
         else:
-            if path.exists():
-                shutil.rmtree(path)
+            self.storage.remove(phase)
             run_config = tune.RunConfig(
-                name=phase, storage_path=str(self.storage), callbacks=[logger, progress], verbose=0,
+                name=phase, storage_path=self.storage.uri, callbacks=[logger, progress], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             )
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
         results = tuner.fit()
-        if _interrupted(results, total):
+        if len(results) < total or not finished(results):
             raise SweepInterrupted(phase)
         reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, _trial_ids(results))
         return results
@@ -192,8 +228,13 @@ class SweepRunner:
             max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
             reuse_actors=True,  # a trial's process (torch, transformers imported) serves the next one
         )
-        results = self._fit(plan, {}, tune_config, resume, total)
-        searcher.restore_from_dir(str(self.storage / "search"))  # the studies as Tune saved them at the end
+
+        def finished(results) -> bool:  # Optuna heard how every trial ended; an interrupted one is still RUNNING
+            with self.storage.local_copy("search", "searcher-state-*") as folder:
+                searcher.restore_from_dir(folder)  # the studies as Tune saved them at the end
+            return not any(states["RUNNING"] for states in searcher.trial_states().values())
+
+        results = self._fit(plan, {}, tune_config, resume, total, finished)
         best = {}
         pick = max if spec.mode == "max" else min
         for name in self.cells:
@@ -209,19 +250,54 @@ class SweepRunner:
                 best[name] = BestTrial(plan.values(result.config), value, result.metrics["trial_id"])
         return SearchOutcome(best, searcher.trial_states())
 
-    def replicate(self, search: SearchOutcome, resume: bool) -> ReplicateOutcome:
-        spec = self.spec
-        constants = {name: {k: v for k, v in best.config.items() if k != "seed"} for name, best in search.best.items()}
-        plan = PhasePlan("replicate", constants, self.threads, report_test=True, artifacts=spec.replicate.artifacts,
-                         export=spec.replicate.export, best_weights_dir=self._best_weights_dir("replicate"))
-        param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(spec.replicate.seeds)}
+    def _seeded(self, phase: str, constants: dict[str, dict], seeds: list[int], resume: bool,
+                cells: dict[str, Cell] | None = None, artifacts: bool = False, export: bool = False) -> dict[str, list[dict]]:
+        """Run each fixed config (name -> training options) on every seed, closing with the test
+        metrics; returns name -> the closing report of each seed that finished."""
+        plan = PhasePlan(phase, constants, self.threads, report_test=True, artifacts=artifacts, export=export,
+                         best_weights_dir=self._best_weights_dir(phase))
+        param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(seeds)}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
-        results = self._fit(plan, param_space, tune_config, resume, len(constants) * len(spec.replicate.seeds))
+        results = self._fit(plan, param_space, tune_config, resume, len(constants) * len(seeds), _replicates_finished,
+                            cells)
         finals: dict[str, list[dict]] = {}
         for result in results:
             if result.error is None and result.metrics.get("final"):
                 finals.setdefault(result.config[CELL], []).append(result.metrics)
-        return ReplicateOutcome(finals)
+        return finals
+
+    @staticmethod
+    def _without_seed(best: BestTrial) -> dict:
+        return {k: v for k, v in best.config.items() if k != "seed"}
+
+    def replicate(self, search: SearchOutcome, resume: bool) -> ReplicateOutcome:
+        spec = self.spec
+        constants = {name: self._without_seed(best) for name, best in search.best.items()}
+        return ReplicateOutcome(self._seeded("replicate", constants, spec.replicate.seeds, resume,
+                                             artifacts=spec.replicate.artifacts, export=spec.replicate.export))
+
+    def sensitivity(self, search: SearchOutcome, resume: bool) -> SensitivityOutcome:
+        """Each chosen cell's best config perturbed one parameter at a time, on the replicate
+        seeds; the replicate runs are the centre (not rerun)."""
+        spec, sens = self.spec, self.spec.sensitivity
+        found, skipped = [], {}
+        for name, best in search.best.items():
+            cell = self.cells[name]
+            if cell.loss in sens.losses:
+                mine, notes = points(name, self._without_seed(best), spec.losses[cell.loss].loss, spec.protocol,
+                                     sens.params)
+                found += mine
+                if notes:
+                    skipped[name] = notes
+        for note in (note for notes in skipped.values() for note in notes):
+            console.print(f"sensitivity: {note}", markup=False, highlight=False)
+        if not found:
+            return SensitivityOutcome([], skipped, {})
+        cells = {p.name: dataclasses.replace(self.cells[p.cell], name=p.name, constants=p.constants, space={},
+                                             extra_tags=tags(p)) for p in found}
+        finals = self._seeded("sensitivity", {p.name: p.constants for p in found}, spec.sensitivity_seeds(), resume,
+                              cells)
+        return SensitivityOutcome(found, skipped, finals)
 
     # ---- recording in MLflow --------------------------------------------------------------------
     def record_search(self, search: SearchOutcome) -> None:
@@ -248,6 +324,16 @@ class SweepRunner:
             if rows and self.spec.replicate.export:
                 self.register_best(name, rows, spreads)
             self.client.set_terminated(parent, "FINISHED" if rows else "FAILED")
+
+    def record_sensitivity(self, outcome: SensitivityOutcome) -> None:
+        """Per cell: its points (param, direction, value) and the skipped perturbations with reasons."""
+        for name, parent in self.parents.get("sensitivity", {}).items():
+            mine = [dataclasses.asdict(p) | {"constants": None, "seeds_finished": len(outcome.finals.get(p.name, []))}
+                    for p in outcome.points if p.cell == name]
+            self.client.log_dict(parent, {"points": mine, "skipped": outcome.skipped.get(name, [])},
+                                 "sensitivity_points.json")
+            complete = all(p["seeds_finished"] for p in mine)
+            self.client.set_terminated(parent, "FINISHED" if mine and complete else "FAILED")
 
     def register_best(self, cell: str, rows: list[dict], spreads: dict) -> str | None:
         """Register the cell's replicate with the best validation metric (never chosen on test) as
@@ -276,7 +362,7 @@ class SweepRunner:
         self.client.set_tag(run_id, "registered_as", f"models:/{name}/{version}")
         return version
 
-    def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome) -> dict:
+    def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome, sensitivity: SensitivityOutcome) -> dict:
         spec = self.spec
         table = Table(title=f"sweep {spec.name}: best {spec.metric} (search) and test metrics (replicate seeds)")
         for column in ("cell", f"best {spec.metric}", "n", "test accuracy", "test macro-F1"):
@@ -296,17 +382,54 @@ class SweepRunner:
             table.add_row(name, "-" if best is None else f"{best.value:.4f}", str(len(reps)), row["test_accuracy"],
                           row["test_macro_f1"])
         console.print(table)
+        sens_table, sens_rows = self.sensitivity_table(replicate, sensitivity)
+        if sens_table is not None:
+            console.print(sens_table)
+        registered = [registered_name(spec.name, name) for name in self.cells if replicate.finals.get(name)]
+        if spec.replicate and spec.replicate.export and registered:
+            console.print(f"registered models: {', '.join(registered)} (gloss predict models:/NAME/latest INPUT.csv)",
+                          markup=False, highlight=False)
         best = {name: asdict(trial) for name, trial in search.best.items()}
         run_id = summary_run(self.client, self.exp_id, spec)
         with tempfile.TemporaryDirectory() as folder:
-            Path(folder, "summary.json").write_text(json.dumps({"cells": rows, "best": best}, indent=2, default=str))
+            Path(folder, "summary.json").write_text(json.dumps(
+                {"cells": rows, "best": best, "sensitivity": sens_rows, "sensitivity_skipped": sensitivity.skipped},
+                indent=2, default=str))
             with open(Path(folder, "summary.txt"), "w") as f:
                 Console(file=f, width=160).print(table)
+                if sens_table is not None:
+                    Console(file=f, width=160).print(sens_table)
             self.client.log_artifacts(run_id, folder)
         self.client.set_terminated(run_id, "FINISHED")
         return {"cells": rows, "best": best, "replicate": replicate.finals, "experiment_id": self.exp_id,
-                "tracking_uri": self.uri, "optuna": search.optuna}
+                "tracking_uri": self.uri, "optuna": search.optuna, "sensitivity": sensitivity.finals,
+                "sensitivity_points": [p.name for p in sensitivity.points]}
 
+
+    @staticmethod
+    def sensitivity_table(replicate: ReplicateOutcome, sensitivity: SensitivityOutcome) -> tuple[Table | None, list[dict]]:
+        """Each point's test macro-F1 beside its centre (the replicate runs), paired over seeds."""
+        if not sensitivity.points:
+            return None, []
+        table = Table(title="sensitivity: test macro-F1 of each perturbation, paired with the centre (replicate) seeds")
+        for column in ("cell", "param", "value", "n", "test macro-F1", "Δ vs centre"):
+            table.add_column(column)
+        rows = []
+        for point in sensitivity.points:
+            centre = {r["config"]["seed"]: r["test_macro_f1"] for r in replicate.finals.get(point.cell, [])
+                      if "test_macro_f1" in r and "config" in r}
+            mine = {r["config"]["seed"]: r["test_macro_f1"] for r in sensitivity.finals.get(point.name, [])
+                    if "test_macro_f1" in r and "config" in r}
+            spread = mean_std(mine.values())
+            delta = mean_std(mine[s] - centre[s] for s in mine if s in centre)
+            row = {"point": point.name, "cell": point.cell, "param": point.param, "direction": point.direction,
+                   "value": point.value, "n": spread.n, "test_macro_f1_mean": spread.mean if spread.n else None,
+                   "delta_vs_centre": delta.mean if delta.n else None}
+            rows.append(row)
+            table.add_row(point.cell, point.param, f"{point.value:g} ({point.direction})", str(spread.n),
+                          spread.format(scale=100) if spread.n else "-",
+                          f"{100 * delta.mean:+.2f}" if delta.n else "-")
+        return table, rows
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None) -> dict:
@@ -316,12 +439,19 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     quiet_mlflow()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own reporter, silent at verbose=0: our lines instead
     if not ray.is_initialized():
-        # RAY_AUTH_MODE is left to the user: unset, a new local cluster runs with Ray's default token
-        # auth (token made in ~/.ray/auth_token), which matters because Ray binds the node's address,
-        # not loopback; joining a cluster follows that cluster's mode
+        # Only --address or RAY_ADDRESS joins a cluster ("local": never the cluster a stale
+        # ray_current_cluster file names). RAY_AUTH_MODE is left to the user: unset, a local cluster
+        # runs with Ray's default token auth (token made in ~/.ray/auth_token), which matters
+        # because Ray binds the node's address, not loopback (the README says so, so Ray's notice
+        # of its default is not repeated on every run); joining a cluster follows that cluster's mode.
+        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: "Token authentication is enabled" not in record.getMessage())
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(address=ray_address, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+        ray.init(address=address, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+                 logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
         started = True
     try:

@@ -1,8 +1,9 @@
 """Sweep specs: YAML, validated against a schema before any Ray resource is used.
 
 A spec names the grid axes (`datasets`, `models`, `losses`, `seeds`), each loss variant's search
-space, the per-cell budget, ASHA, the metric, trial resources, the replicate phase and where
-results go. Errors name the key and what is allowed. See `sweeps/specs/demo.yaml`.
+space, the per-cell budget, ASHA, the metric, trial resources, the replicate phase, the optional
+sensitivity phase (`sweeps/sensitivity.py`) and where results go. Errors name the key and what
+is allowed. See `sweeps/specs/demo.yaml`.
 
 Search-space entries: `{loguniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{int: [lo, hi]}`
 (inclusive) or `{choice: [a, b, ...]}`; anything in `fixed` is a constant.
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gloss_core.config import TrainConfig
 from gloss_core.losses.registry import PROTOCOL_LOSSES
+from sweeps.sensitivity import PERTURBABLE, Sensitivity
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
@@ -144,6 +146,7 @@ class SweepSpec(Strict):
     mode: Literal["max", "min"] = "max"
     resources: Resources = Resources()
     replicate: Replicate | None = Replicate()
+    sensitivity: Sensitivity | None = None
     tracking_uri: str | None = None
     storage_path: str | None = None
 
@@ -187,7 +190,32 @@ class SweepSpec(Strict):
             self.metric = DEFAULT_METRIC[self.protocol]
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        if self.sensitivity is not None:
+            self._check_sensitivity(self.sensitivity)
         return self
+
+    def _check_sensitivity(self, sens: Sensitivity) -> None:
+        unknown = [name for name in sens.losses if name not in self.losses]
+        if unknown:
+            raise ValueError(f"sensitivity.losses: {unknown} are not loss variants of this spec; variants: {list(self.losses)}")
+        if self.replicate is None:
+            raise ValueError("sensitivity needs the replicate phase: its runs are the centre point")
+        if sens.seeds != "replicate" and not set(sens.seeds) <= set(self.replicate.seeds):
+            raise ValueError(f"sensitivity.seeds {sens.seeds} must be replicate seeds {self.replicate.seeds} "
+                             "(the replicate runs are the centre, paired seed by seed)")
+        for param in sens.params:
+            rule = PERTURBABLE[param]
+            losses = {self.losses[name].loss for name in sens.losses}
+            if rule.losses is None:  # lambda: weighs an auxiliary loss, integrated protocol only
+                acts = self.protocol == "integrated" and any(loss != "ce" for loss in losses)
+            else:
+                acts = bool(losses & rule.losses)
+            if not acts:
+                raise ValueError(f"sensitivity.params.{param} acts on none of the chosen variants' losses {sorted(losses)}")
+
+    def sensitivity_seeds(self) -> list[int]:
+        sens = self.sensitivity
+        return list(self.replicate.seeds) if sens is None or sens.seeds == "replicate" else list(sens.seeds)
 
     # ---- the grid -------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -227,10 +255,11 @@ class Cell:
     protocol: str
     constants: dict[str, Any] = dataclasses.field(default_factory=dict)
     space: dict[str, Distribution] = dataclasses.field(default_factory=dict)
+    extra_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # a sensitivity point's param, value, ...
 
     def tags(self) -> dict[str, str]:
         return {"sweep": self.sweep, "cell": self.name, "dataset": self.dataset, "model": self.model,
-                "loss": self.loss, "seed": str(self.seed), "protocol": self.protocol}
+                "loss": self.loss, "seed": str(self.seed), "protocol": self.protocol, **self.extra_tags}
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -1,7 +1,7 @@
 """A sweep's progress, read from MLflow (works while it runs and after it ends).
 
 "Best" follows the sweep's recorded metric and mode in the search phase (the spec's own, e.g. a
-loss to minimise), and test macro-F1 in the replicate phase.
+loss to minimise), and test macro-F1 in the replicate and sensitivity phases.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
                                     **{state: 0 for state in STATES}})
         state = tags.get("ended", "running")
         row[state if state in STATES else "running"] += 1
-        if key[0] == "replicate":
+        if key[0] in ("replicate", "sensitivity"):
             metric, mode = "test_macro_f1", "max"
         elif spec is not None:
             metric, mode = spec.metric, spec.mode

@@ -1,10 +1,12 @@
 """MLflow layout of a sweep: one experiment per sweep, one parent run per cell and phase, one child
-run per trial, logged from the Tune driver by a restore-safe, batched callback.
+run per trial, logged from the Tune driver by a restore-safe callback whose writes run off Tune's
+event loop, batched.
 
 Child runs carry the flat training config as params, per-epoch metrics with step = epoch, tags
 (the cell's: sweep, cell, dataset, model, loss, protocol; and seed = the trial's training seed,
 cell_seed = the grid's seed, phase, trial id, `ended` = completed | stopped_early | failed |
-interrupted, and the failure reason),
+interrupted, the failure reason, and `node` / `concurrency`: where it ran and how many trials ran
+beside it; a sensitivity run also carries base_cell, param, direction, value, step and centre),
 and at the end a metrics JSON, the validation curve and, when the trial's last checkpoint holds an
 `artifacts/` folder (replicate phase with `replicate.artifacts: true`), its test embeddings and
 adjacency matrices under `artifacts/`. Runs are keyed by trial id and the map survives
@@ -20,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
@@ -29,7 +31,7 @@ from rich.console import Console
 
 from serving.registry import log_exported_model
 from sweeps.cleanup import TrialCleanup
-from sweeps.resilience import WriteQueue
+from sweeps.resilience import MetricWrite, WriteQueue
 from sweeps.spec import Cell
 from trainables.plan import CELL, PhasePlan
 
@@ -37,12 +39,21 @@ INTERNAL = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp
             "iterations_since_restore", "pid", "done", "episodes_total", "timesteps_total"}
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
+def artifact_location(tracking_uri: str, name: str) -> str | None:
+    """A SQLite store keeps its experiments' artifacts beside its database file (`mlartifacts/NAME`),
+    not in whatever folder the command ran from; other stores choose their own."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return str(database.resolve().parent / "mlartifacts" / name)
+
+
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str = "") -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name))
     except Exception:  # noqa: BLE001 - created concurrently by someone else
         return client.get_experiment_by_name(name).experiment_id
 
@@ -82,8 +93,21 @@ def error_text(trial) -> str:
         return f"unknown error ({type(err).__name__} while reading the trace)"
 
 
+class NoRun(LookupError):
+    """A write for a trial whose run was never created; the store refused it, so it is not retried."""
+
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
 class MLflowTrialLogger(LoggerCallback):
     """Creates and fills one child run per trial under its cell's parent run.
+
+    Tune's hooks run on its event loop and only queue writes: a background thread (one per phase,
+    `WriteQueue.start()`) owns the MLflow client, keeps each trial's writes in order, batches the
+    metric writes that queue up for one run, and retries through outages. The queue drains before
+    Tune saves its experiment state (so a restore finds every finished trial logged), at the
+    phase's end and on SIGINT. Run ids: a new phase creates its runs without any search; a
+    restored one finds its existing runs with one query.
 
     Args:
         tracking_uri: where MLflow lives.
@@ -94,20 +118,29 @@ class MLflowTrialLogger(LoggerCallback):
     """
 
     def __init__(self, tracking_uri: str, experiment: str, parents: dict[str, str], cells: dict[str, Cell],
-                 plan: PhasePlan, unlogged_path: str | None = None, flush_timeout_s: float = 120.0):
+                 plan: PhasePlan, unlogged=None, flush_timeout_s: float = 120.0):
         self.tracking_uri, self.experiment, self.plan, self.phase = tracking_uri, experiment, plan, plan.phase
         self.parents, self.cells = parents, cells
-        self.runs: dict[str, str] = {}  # trial id -> run id
+        self.runs: dict[str, str] = {}  # trial id -> run id (filled by the writer thread)
         self.curves: dict[str, list] = {}
         self.ended: set[str] = set()
-        self.unlogged_path, self.flush_timeout_s = unlogged_path, flush_timeout_s
+        self.unlogged, self.flush_timeout_s = unlogged, flush_timeout_s  # where lost writes are listed
+        self.restored = False  # set_state ran: trials that ended before the restored save get closed
+        self.look_up_runs = False  # set_state ran: the phase's existing runs are looked up once
         self._client = None
         self._node_tagged: set[str] = set()  # trials whose run has its node_id tag
-        self.queue = WriteQueue()
+        self.active: dict[str, str | None] = {}  # running trial id -> its node's IP (None until it reports)
+        self.concurrency: dict[str, set[int]] = {}  # trial id -> how many trials ran on its node at its results
+        self.create_attempted: set[str] = set()  # trials whose run creation was sent (a retry looks first)
+        self.queue = WriteQueue().start()
         self.cleanup = TrialCleanup(plan)  # a finished trial's checkpoint goes once its writes are done
 
-    def __getstate__(self) -> dict:  # Tune pickles callbacks: queued closures and the client stay behind
-        return {**self.__dict__, "_client": None, "queue": WriteQueue()}
+    def __getstate__(self) -> dict:  # Tune pickles callbacks: the thread, queued closures and the client stay behind
+        return {**{k: v for k, v in self.__dict__.items() if k not in ("queue", "_client")}, "_client": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.queue = WriteQueue().start()
 
     @property
     def client(self) -> MlflowClient:
@@ -115,7 +148,9 @@ class MLflowTrialLogger(LoggerCallback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    # ---- state Tune saves and restores -------------------------------------------------------------
     def get_state(self) -> dict:
+        self.queue.wait_idle(30.0)  # what Tune's saved state calls finished is in MLflow (not in an outage)
         self.cleanup.saved()  # Tune calls this when it saves the experiment state
         return {"runs": dict(self.runs), "curves": dict(self.curves), "ended": set(self.ended)}
 
@@ -123,89 +158,123 @@ class MLflowTrialLogger(LoggerCallback):
         self.runs.update(state.get("runs", {}))
         self.curves.update(state.get("curves", {}))
         self.ended.update(state.get("ended", set()))
+        self.restored = self.look_up_runs = True
 
-    def _run_id(self, trial) -> str:
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        cell = self.cells[trial.config[CELL]]
-        found = self.client.search_runs(
-            [self.experiment], f"tags.trial_id = '{trial.trial_id}' and tags.phase = '{self.phase}' and tags.cell = '{cell.name}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            values = self.plan.values(trial.config)
-            tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial.trial_id,
-                    "phase": self.phase, "kind": "trial", MLFLOW_PARENT_RUN_ID: self.parents[cell.name],
-                    MLFLOW_RUN_NAME: f"{cell.name}/{trial.trial_id}"}
-            run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]
-            for start in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[start:start + 100])
-        self.runs[trial.trial_id] = run_id
-        return run_id
-
-    # Tune's hooks only queue the writes; the queue retries them while MLflow is unreachable.
+    # ---- Tune's hooks: they only queue writes ---------------------------------------------------------
     def log_trial_start(self, trial) -> None:
-        self.queue.submit(trial.trial_id, "start", lambda: self._start(trial))
+        cell = self.cells[trial.config[CELL]]
+        values = self.plan.values(trial.config)
+        self.active[trial.trial_id] = None
+        self.queue.submit(trial.trial_id, "start", lambda: self._start(trial.trial_id, cell, values))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        result = dict(result)
-        self.queue.submit(trial.trial_id, f"result {result.get('epoch', iteration)}",
-                          lambda: self._result(iteration, trial, result))
+        numbers = numeric_metrics(result)
+        step = epochs_trained(result)  # the replicate's closing report is no epoch of its own
+        values = numbers
+        if result.get("final"):  # its val_* are the best epoch's: logged once, as final_val_*
+            values = {("final_" + k if k.startswith("val_") else k): v for k, v in numbers.items()}
+        ts = int(float(result.get("timestamp") or time.time()) * 1000)  # when the trial reported, not when logged
+        tid = trial.trial_id
+        ip = result.get("node_ip")
+        self.active[tid] = ip
+        beside = sum(1 for other in self.active.values() if other in (ip, None))
+        self.concurrency.setdefault(tid, set()).add(beside)
+        node = result.get("node_id")
+        if isinstance(node, str) and tid not in self._node_tagged:
+            self._node_tagged.add(tid)
+            self.queue.submit(tid, "node tag", lambda: self.client.set_tag(self._run(tid), "node_id", node))
+        self.queue.submit(tid, f"result {step}", MetricWrite(lambda: self.client, lambda: self._run(tid),
+                                                             [Metric(k, v, ts, step) for k, v in values.items()]))
+        if "epoch" in result and not result.get("final"):
+            curve = self.curves.setdefault(tid, [])
+            curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
+            curve.append({k: v for k, v in numbers.items() if k == "epoch" or k.startswith("val_")})
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         """The closing writes, each retried on its own: tags and summaries, the artifacts and the
         exported model from the last checkpoint, then the run's status; then the checkpoint may go."""
-        self.queue.submit(trial.trial_id, "end", lambda: self._end(trial, failed))
+        tid, last, checkpoint = trial.trial_id, dict(trial.last_result or {}), trial.checkpoint
+        ended = "failed" if failed else "completed" if last.get("last_epoch") else "stopped_early"
+        error = error_text(trial)[-4000:] if failed else None
+        curve = list(self.curves.get(tid, []))
+        self.active.pop(tid, None)
+        conditions = run_conditions(last, self.concurrency.pop(tid, set()))
+        self.queue.submit(tid, "end", lambda: self._end(tid, ended, error, last, curve, conditions))
         if not failed:
-            self.queue.submit(trial.trial_id, "checkpoint artifacts", lambda: self._log_checkpoint_artifacts(trial))
+            self.queue.submit(tid, "checkpoint artifacts", lambda: self._log_checkpoint_artifacts(tid, checkpoint))
             if self.plan.export:
-                self.queue.submit(trial.trial_id, "model", lambda: self._log_model(trial))
-        self.queue.submit(trial.trial_id, "close", lambda: self._close(trial, failed))
+                self.queue.submit(tid, "model", lambda: self._log_model(tid, checkpoint))
+        self.queue.submit(tid, "close", lambda: self._close(tid, failed, checkpoint))
+
+    def on_step_begin(self, iteration: int, trials, **info) -> None:
+        if self.restored:  # trials that ended before the restored save, with their closing writes undone
+            self.restored = False
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in self.ended:
+                    self.log_trial_end(trial, failed=trial.status == "ERROR")
 
     def on_step_end(self, iteration: int, trials, **info) -> None:
-        if len(self.queue):
-            self.queue.drain()
         self.cleanup.sweep()
 
-    def _start(self, trial) -> None:
-        run_id = self._run_id(trial)
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, "ended", "running")
+    # ---- the writes (on the writer thread) ------------------------------------------------------------
+    def _existing_runs(self) -> None:
+        """After a restore, one query finds the runs of this phase's trials (some may have been
+        created after the state Tune restored was saved)."""
+        query = f"tags.phase = '{self.phase}' and tags.kind = 'trial' and tags.sweep = '{next(iter(self.cells.values())).sweep}'"
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment], query, max_results=1000, page_token=token)
+            for run in page:
+                self.runs.setdefault(run.data.tags.get("trial_id", ""), run.info.run_id)
+            token = page.token
+            if not token:
+                return
 
-    def _result(self, iteration: int, trial, result: dict) -> None:
-        run_id = self._run_id(trial)
-        if isinstance(result.get("node_id"), str) and trial.trial_id not in self._node_tagged:
-            self.client.set_tag(run_id, "node_id", result["node_id"])
-            self._node_tagged.add(trial.trial_id)
-        values = numbers = numeric_metrics(result)
-        step = epochs_trained(result)  # the replicate's closing report is no epoch of its own
-        if result.get("final"):  # its val_* are the best epoch's: logged once, as final_val_*
-            values = {("final_" + k if k.startswith("val_") else k): v for k, v in values.items()}
-        ts = int(float(result.get("timestamp") or time.time()) * 1000)  # when the trial reported, not when logged
-        metrics = [Metric(k, v, ts, step) for k, v in values.items()]
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        if "epoch" in result and not result.get("final"):
-            curve = self.curves.setdefault(trial.trial_id, [])
-            curve[:] = [row for row in curve if row["epoch"] < step]  # a restored trial repeats epochs
-            curve.append({k: v for k, v in numbers.items() if k == "epoch" or k.startswith("val_")})
+    def _run(self, trial_id: str) -> str:
+        """The trial's run id; a trial whose run could not be created has none (a refused write)."""
+        try:
+            return self.runs[trial_id]
+        except KeyError:
+            raise NoRun(f"trial {trial_id} has no MLflow run (its creation was refused)") from None
 
-    def _end(self, trial, failed: bool) -> None:
-        run_id = self._run_id(trial)
-        last = trial.last_result or {}
-        if failed:
-            ended = "failed"
-            self.client.set_tag(run_id, "error", error_text(trial)[-4000:])
-        else:
-            ended = "completed" if last.get("last_epoch") else "stopped_early"
-        self.client.set_tag(run_id, "ended", ended)
+    def _start(self, trial_id: str, cell: Cell, values: dict) -> None:
+        if self.look_up_runs:  # a restored phase: its runs are looked up once
+            self._existing_runs()
+            self.look_up_runs = False
+        if trial_id in self.runs:
+            run_id = self.runs[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "ended", "running")
+            return
+        if trial_id in self.create_attempted:  # a retry: the store may have made the run before it failed
+            found = self.client.search_runs([self.experiment], f"tags.trial_id = '{trial_id}' and tags.phase = "
+                                            f"'{self.phase}' and tags.kind = 'trial'", max_results=1)
+            if found:
+                self.runs[trial_id] = found[0].info.run_id
+                self._log_params(found[0].info.run_id, values)
+                return
+        tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial_id,
+                "phase": self.phase, "kind": "trial", "ended": "running", MLFLOW_PARENT_RUN_ID: self.parents[cell.name],
+                MLFLOW_RUN_NAME: f"{cell.name}/{trial_id}"}
+        self.create_attempted.add(trial_id)
+        run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
+        self._log_params(run_id, values)
+        self.runs[trial_id] = run_id
+
+    def _log_params(self, run_id: str, values: dict) -> None:
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[start:start + 100])
+
+    def _end(self, trial_id: str, ended: str, error: str | None, last: dict, curve: list,
+             conditions: dict[str, str] | None = None) -> None:
+        run_id = self._run(trial_id)
+        tags = [RunTag("ended", ended)] + ([RunTag("error", error)] if error is not None else [])
+        tags += [RunTag(k, v) for k, v in (conditions or {}).items()]
+        self.client.log_batch(run_id, tags=tags)
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "metrics.json"), "w") as f:
                 json.dump({k: v for k, v in last.items() if isinstance(v, (int, float, str, bool))}, f, indent=2)
-            curve = self.curves.get(trial.trial_id, [])
             if curve:
                 keys = sorted({k for row in curve for k in row})
                 with open(os.path.join(folder, "validation_curve.csv"), "w") as f:
@@ -214,17 +283,17 @@ class MLflowTrialLogger(LoggerCallback):
                         f.write(",".join(str(row.get(k, "")) for k in keys) + "\n")
             self.client.log_artifacts(run_id, folder)
 
-    def _from_checkpoint(self, trial, name: str, write) -> None:
+    def _from_checkpoint(self, trial_id: str, checkpoint, name: str, write) -> None:
         """Call `write(path)` on the folder `name` of the trial's last checkpoint, if there is one.
         What travels this way works from any node and storage. A checkpoint that cannot be read is
         tagged on the run (`artifacts_error`) and not retried; a failed MLflow write is retried."""
-        if trial.checkpoint is None:
+        if checkpoint is None:
             return
         try:
-            opened = trial.checkpoint.as_directory()
+            opened = checkpoint.as_directory()
             folder = opened.__enter__()
         except Exception as err:  # noqa: BLE001 - a missing artifact must not fail the sweep
-            self.client.set_tag(self._run_id(trial), "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
+            self.client.set_tag(self._run(trial_id), "artifacts_error", f"{type(err).__name__}: {err}"[:4000])
             return
         try:
             path = os.path.join(folder, name)
@@ -233,32 +302,33 @@ class MLflowTrialLogger(LoggerCallback):
         finally:
             opened.__exit__(None, None, None)
 
-    def _log_checkpoint_artifacts(self, trial) -> None:
+    def _log_checkpoint_artifacts(self, trial_id: str, checkpoint) -> None:
         """Test embeddings and adjacency files go to MLflow under `artifacts/`."""
-        self._from_checkpoint(trial, "artifacts", lambda path: self.client.log_artifacts(
-            self._run_id(trial), path, "artifacts"))
+        self._from_checkpoint(trial_id, checkpoint, "artifacts", lambda path: self.client.log_artifacts(
+            self._run(trial_id), path, "artifacts"))
 
-    def _log_model(self, trial) -> None:
+    def _log_model(self, trial_id: str, checkpoint) -> None:
         """The exported model becomes the run's MLflow logged model, its URI tagged `model_uri`."""
         def log(path: str) -> None:
-            run_id = self._run_id(trial)
+            run_id = self._run(trial_id)
             self.client.set_tag(run_id, "model_uri", log_exported_model(self.tracking_uri, self.experiment, run_id, path))
 
-        self._from_checkpoint(trial, "model", log)
+        self._from_checkpoint(trial_id, checkpoint, "model", log)
 
-    def _close(self, trial, failed: bool) -> None:
-        self.client.set_terminated(self._run_id(trial), "FAILED" if failed else "FINISHED")
-        self.ended.add(trial.trial_id)
-        self.cleanup.hand_over(trial.trial_id, trial.checkpoint)
+    def _close(self, trial_id: str, failed: bool, checkpoint) -> None:
+        self.client.set_terminated(self._run(trial_id), "FAILED" if failed else "FINISHED")
+        self.ended.add(trial_id)
+        self.cleanup.hand_over(trial_id, checkpoint)
 
+    # ---- the phase's end -----------------------------------------------------------------------------
     def on_experiment_end(self, trials, **info) -> None:
         self.queue.flush(self.flush_timeout_s)
         try:
             self.close_open_runs(trials)
         except Exception as err:  # noqa: BLE001 - the runner closes leftovers again at the end
             self.queue.lost.append({"trial_id": "*", "write": "close open runs", "error": str(err)[:1000]})
-        if self.unlogged_path:
-            self.queue.record_lost(Path(self.unlogged_path))
+        if self.unlogged is not None:
+            self.queue.record_lost(self.unlogged)
         self.cleanup.finish(trials, done=set(self.ended))  # Tune saved its final state before this hook
 
     def close_open_runs(self, trials) -> None:
@@ -267,7 +337,7 @@ class MLflowTrialLogger(LoggerCallback):
         for trial in trials:
             if trial.trial_id in self.runs and trial.trial_id not in self.ended:
                 run_id = self.runs[trial.trial_id]
-                self.client.set_tag(run_id, "ended", "interrupted")
+                self.client.log_batch(run_id, tags=[RunTag("ended", "interrupted")])
                 self.client.set_terminated(run_id, "KILLED")
 
 
@@ -299,6 +369,18 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._line(trial, "FAILED")
+
+
+def run_conditions(last: dict, counts: set[int]) -> dict[str, str]:
+    """What a trial's seconds per epoch depend on besides its loss: its node and how many trials
+    ran on that node at its reports ("2", or "1-4" when it changed). Speed verdicts need both equal."""
+    out = {}
+    if last.get("node_ip"):
+        out["node"] = str(last["node_ip"])
+    if counts:
+        low, high = min(counts), max(counts)
+        out["concurrency"] = str(low) if low == high else f"{low}-{high}"
+    return out
 
 
 def epochs_trained(result: dict) -> int:

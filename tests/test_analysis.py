@@ -1,6 +1,7 @@
 """The analysis package against runs with known values, logged into a temporary MLflow store in the
 sweep service's layout; scipy (and statsmodels for Holm) are the oracles."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import PIL.Image
 import numpy as np
 import pandas as pd
 import pytest
@@ -37,10 +39,10 @@ def accuracy(method: str, dataset: str, seed: int) -> float:
 
 
 def log_run(client, exp_id, sweep, phase, method, loss, dataset, model, seed, metrics, history=None,
-            protocol="integrated", ended="completed", params=None, artifacts=None):
+            protocol="integrated", ended="completed", params=None, artifacts=None, tags=None, cell=None):
     tags = {"sweep": sweep, "kind": "trial", "phase": phase, "loss": method, "dataset": dataset, "model": model,
-            "seed": str(seed), "cell": f"{dataset}__{model}__{method}__s0", "trial_id": f"t{np.random.randint(1e9)}",
-            "ended": ended, "protocol": protocol}
+            "seed": str(seed), "cell": cell or f"{dataset}__{model}__{method}__s0", "trial_id": f"t{np.random.randint(1e9)}",
+            "ended": ended, "protocol": protocol, **(tags or {})}
     run_id = client.create_run(exp_id, tags=tags).info.run_id
     values = {"loss": loss, "protocol": protocol, "seed": seed, "lr": 3e-5, **(params or {})}
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in values.items()])
@@ -218,7 +220,7 @@ def test_loader_gives_a_tidy_frame_and_flags_problems(store, runs):
         log_run(client, exp, "gaps", "replicate", "gloss", "gloss", "MR", "m", seed, {"test_accuracy": 0.6})
     problems = load_runs("gaps", uri).problems
     assert any("missing seeds" in p and "gloss" in p and "[3]" in p for p in problems)
-    assert any("duplicate runs" in p and "gaps/gloss/MR/m/2" in p for p in problems)
+    assert any("duplicate runs" in p and "gaps/integrated/replicate/MR__m__gloss__s0/2" in p for p in problems)
     with pytest.raises(LookupError, match="no experiment 'nope'.*paper"):
         load_runs("nope", uri)
 
@@ -239,21 +241,28 @@ def test_table2_numbers_marks_and_formats(runs, tmp_path):
               for d in DATASETS]
         expected = multipletests(ps, method="holm")[1][DATASETS.index(dataset)]
         assert numbers.loc[("gloss_o_ce", dataset, "acc")]["p_holm_vs_baseline"] == pytest.approx(expected)
-    # G-Loss has the best mean everywhere: bold; SCL second: underlined
+    # bold: the best mean and every method not significantly worse (scipy t-tests, statsmodels Holm)
     cells = table.cells
     g_row = cells.index[cells["Loss"] == "gloss_o_ce"][0]
-    s_row = cells.index[cells["Loss"] == "scl_ce"][0]
-    assert table.marks[(g_row, "MR acc")] == "best" and table.marks[(s_row, "MR acc")] == "second"
+    for dataset in DATASETS:
+        values = {m: np.array([accuracy(m, dataset, s) for s in SEEDS]) for m in METHODS}
+        best = max(values, key=lambda m: values[m].mean())
+        others = [m for m in METHODS if m != best]
+        adjusted = multipletests([stats.ttest_rel(values[best], values[m]).pvalue for m in others], method="holm")[1]
+        expected = {best} | {m for m, p in zip(others, adjusted) if p >= 0.05}
+        bold = {cells.loc[row, "Loss"] for (row, column), mark in table.marks.items() if column == f"{dataset} acc"}
+        assert bold == expected, dataset
+        assert set(numbers.xs((dataset, "acc"), level=["dataset", "metric"]).query("bold").index) == expected
     assert cells.loc[g_row, "avg rank (acc)"] == "1.00"
     paths = table.write(tmp_path)
     md, tex = paths[0].read_text(), paths[1].read_text()
     csv = pd.read_csv(paths[2])
-    shown = cells.loc[g_row, "R8 acc"].rstrip("†")
+    shown = cells.loc[g_row, "R8 acc"].rstrip("↑↓")
     mean = csv[(csv["method"] == "gloss_o_ce") & (csv["dataset"] == "R8") & (csv["metric"] == "acc")].iloc[0]
     assert shown == f"{mean['mean']:.2f} ± {mean['std']:.2f}"
-    assert f"**{cells.loc[g_row, 'R8 acc']}**" in md and "<u>" in md
+    assert f"**{cells.loc[g_row, 'R8 acc']}**" in md and "<u>" not in md
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and r"$\pm$" in tex
-    assert r"\textbf{" in tex and r"\underline{" in tex
+    assert r"\textbf{" in tex and r"$\uparrow$" in tex  # G-Loss is significantly better than CE somewhere
     assert "n seeds" in table.notes[0] and cells.loc[g_row, "n"] == "6"
 
 
@@ -271,6 +280,12 @@ def test_table9_paired_tests_match_scipy(runs):
         assert row["d_z"] == pytest.approx(round((a - b).mean() / (a - b).std(ddof=1), 2))
         assert row["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a - b).pvalue)
     assert numbers["p_holm"].to_numpy() == pytest.approx(multipletests(ps, method="holm")[1])
+    wilcoxon = [stats.wilcoxon(np.array([accuracy("gloss_o_ce", d, s) for s in SEEDS])
+                               - np.array([accuracy("ce", d, s) for s in SEEDS])).pvalue for d in DATASETS]
+    assert numbers["wilcoxon_p_holm"].to_numpy(dtype=float) == pytest.approx(multipletests(wilcoxon, method="holm")[1])
+    assert "Wilcoxon p (Holm)" in table.cells and "Wilcoxon p" not in table.cells
+    assert set(numbers["verdict"]) <= {"better", "worse", "n.s."}
+    assert all((v == "better") == (p < 0.05 and d > 0) for v, p, d in zip(numbers["verdict"], numbers["p_holm"], numbers["diff"]))
     assert all(s == ("***" if p < 1e-3 else "**" if p < 1e-2 else "*" if p < 0.05 else "")
                for s, p in zip(numbers["stars"], numbers["p_holm"]))
 
@@ -283,7 +298,10 @@ def test_tables_3_4_5(runs):
     t4 = table4(runs)  # G-Loss (gloss_o) against the best other standalone method by accuracy: triplet
     r = t4.numbers.iloc[0]
     assert r["competitor"] == "triplet" and r["silhouette_gloss"] == 0.5 and r["silhouette_competitor"] == pytest.approx(0.3)
-    assert r["silhouette_diff_pct"] == pytest.approx(66.7) and r["faster_pct"] == pytest.approx(33.3)
+    assert r["silhouette_diff_pct"] == pytest.approx(66.7) and r["best_epoch_gloss"] == pytest.approx(12.0)
+    # no run recorded its node and concurrency: the seconds are shown, with no "faster" verdict
+    assert math.isnan(r["faster_pct"]) and not r["same_conditions"]
+    assert t4.cells["faster (%)"].iloc[0] == "– (conditions differ)"
     t5 = table5(runs, gloss="gloss_o_ce")
     published = t5.numbers.set_index("model")
     assert published.loc["TextGCN", "MR_mean"] == 76.74 and published.loc["G-Loss + RoBERTa-large", "Ohsumed_mean"] == 75.76
@@ -301,38 +319,47 @@ def test_report_writes_every_table_and_figure(store, tmp_path):
     uri, _ = store
     built = build(load_runs(["paper", "sens"], uri), tmp_path, gloss=None)
     names = {t.name for t in built["tables"]}
-    assert {"table2", "table3", "table4", "table5", "table9", "ranks", "aggregate", "convergence"} <= names
+    assert {"table2", "table3", "table4", "table5", "table9", "ranks", "aggregate", "convergence", "sensitivity"} <= names
     convergence = next(t for t in built["tables"] if t.name == "convergence").numbers
     # curves acc - 0.1/epoch over 4 epochs: epoch 2 is the first within 95% of the best (epoch 4)
     assert (convergence["epochs_mean"] == 2.0).all() and (convergence["best_epoch_mean"] == 4.0).all()
-    figures = {p[0].stem: p for _, p in built["figures"]}
+    figures = {f.paths[0].stem: f for f in built["figures"] if f.paths}
     for stem in ("learning_curves_val_macro_f1", "cd_diagram_integrated_bert_base", "cd_diagram_standalone_bert_base",
                  "timing_breakdown", "tornado_", "ablation_sigma_scale", "ablation_lam", "ablation_gamma", "tsne_",
                  "adjacency_", "param_importance"):
         match = [k for k in figures if k.startswith(stem)]
         assert match, f"figure {stem} missing; have {sorted(figures)}"
-        png, pdf = figures[match[0]]
+        png, pdf = figures[match[0]].paths
         assert not_blank(png), f"{png} is blank"
         assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF")
-    assert "git abc123def456" in built["footer"] and "torch 2.13.0" in built["footer"]
-    assert "seeds [1, 2, 3, 4, 5, 6, 9]" in built["footer"] or "seeds [0, 1, 2, 3, 4, 5, 6, 9]" in built["footer"]
-    assert '"lr":{"choice"' in built["footer"] and "12 search" not in built["footer"]
-    assert "trials: 14 search" in built["footer"]
+        # provenance in the file's metadata, not drawn in the image
+        text = PIL.Image.open(png).text
+        assert "git abc123def456" in text["Description"] and text["Title"] == figures[match[0]].caption
+    provenance = " ".join(built["provenance"])
+    assert "git abc123def456" in provenance and "torch 2.13.0" in provenance
+    assert "replicate seeds [1, 2, 3]" in provenance and "search sampler seed 0" in provenance
+    assert '"lr":{"choice"' in provenance and "trials: 14 search, 136 replicate" in provenance
+    missing = [f for f in built["figures"] if not f.paths]
+    assert all(f.missing for f in missing)  # each figure not drawn says why
+    tsne = next(f for f in built["figures"] if f.caption.startswith("t-SNE"))
+    assert "seed 1" in tsne.caption
 
 
 def test_tornado_orders_by_swing(store, tmp_path):
-    from analysis.sensitivity import families, tornado_bars
-    from analysis.tables import scores
+    from analysis.sensitivity import paired_rows, points_frame, tornado_bars
 
     runs = load_runs(["sens"], store[0])
-    found = families(runs.sweeps["sens"].spec)
-    assert set(found) == {"sigma_scale", "lam", "gamma"}
-    base, bars = tornado_bars(scores(runs, "test_macro_f1"), found)
-    assert base == "base"
-    centre, frame = bars["MR"]
+    points = points_frame(runs, "test_macro_f1")
+    [(key, (centre, frame))] = tornado_bars(points).items()
+    assert key == ("sens", "base, MR")
     assert centre == pytest.approx(0.85 + 0.004)
-    swing = (frame["high_mean"] - frame["low_mean"]).abs()
-    assert dict(zip(frame["param"], swing.round(6))) == pytest.approx({"sigma_scale": 0.03, "lam": 0.015, "gamma": 0.03})
+    assert list(frame["param"]) == ["sigma_scale", "gamma", "lam"]  # largest swing first (gamma ties sigma: stable)
+    assert dict(zip(frame["param"], frame["swing"].round(6))) == pytest.approx({"sigma_scale": 0.03, "lam": 0.015, "gamma": 0.03})
+    assert frame.set_index("param").loc["sigma_scale", "centre_x"] == 1.0
+    paired = paired_rows(points).set_index(["param", "x"])
+    # every seed shifts by the same known amount: the difference is exact, and t is undefined (constant)
+    assert paired.loc[("sigma_scale", 0.5), "diff"] == pytest.approx(-0.05)
+    assert paired.loc[("lam", 0.95), "n"] == 3
 
 
 def test_cli_report_and_errors(store, tmp_path):
@@ -372,3 +399,145 @@ def test_param_importance_skips_cells_without_variance(store):
         log_run(client, exp, "flat", "search", "g", "gloss", "MR", "m", 0, {"val_macro_f1": 0.5},
                 params={"lr": 1e-4 * (i + 1), "gamma": [0.5, 0.7][i % 2]})
     assert param_importances(load_runs("flat", store[0])).empty
+
+
+# ---- the audit's defects, each on a constructed store with known effects -------------------------------
+@pytest.fixture(scope="module")
+def mixed(store):
+    """Sweep `mixed`: method `g` in both protocols (integrated 0.86, standalone 0.60, same seeds and
+    cell names); two G-Loss variants where the better one on test is worse on validation; `ce`
+    clearly worse; `tie` equal to `g` within noise; `late` missing dataset D3; a speed pair that
+    ran under the same recorded conditions. Sweep `other`: another sweep with the same names."""
+    uri, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed")
+    noise = np.random.default_rng(7)
+    seeds = [1, 2, 3, 4, 5]
+    for dataset in ("D1", "D2", "D3"):
+        for seed in seeds:
+            shared = noise.normal(0, 0.01)
+            def log(method, loss, acc, protocol="integrated", **extra):
+                log_run(client, exp, "mixed", "replicate", method, loss, dataset, "m", seed,
+                        {"test_accuracy": acc, "test_macro_f1": acc, "time_per_epoch_s": extra.pop("time", 10.0),
+                         "best_epoch": 3, **extra.pop("metrics", {})}, protocol=protocol,
+                        cell=f"{dataset}__m__{method}__s0", tags=extra.pop("tags", None))
+            log("g", "gloss", 0.86 + shared + noise.normal(0, 0.001), metrics={"val_macro_f1": 0.70},
+                tags={"node": "10.0.0.1", "concurrency": "2"}, time=8.0)
+            log("g_test", "gloss", 0.88 + shared + noise.normal(0, 0.001), metrics={"val_macro_f1": 0.60})
+            log("ce", "ce", 0.80 + shared + noise.normal(0, 0.001), tags={"node": "10.0.0.1", "concurrency": "2"})
+            log("tie", "scl", 0.86 + shared + noise.normal(0, 0.004))
+            if dataset != "D3":
+                log("late", "scl", 0.99 + shared)
+            log("g", "gloss", 0.60 + shared, protocol="standalone", metrics={"val_macro_silhouette": 0.3})
+            log("triplet", "triplet", 0.55 + shared, protocol="standalone")
+    other = client.create_experiment("other")
+    for seed in seeds:
+        log_run(client, other, "other", "replicate", "g", "gloss", "D1", "m", seed, {"test_accuracy": 0.5},
+                cell="D1__m__g__s0")
+    return uri
+
+
+def test_protocols_and_sweeps_are_never_averaged_together(mixed):
+    runs = load_runs(["mixed", "other"], mixed)
+    assert not any("duplicate" in p for p in runs.problems)  # same seeds and cell names, other protocol / sweep
+    t5 = table5(runs, gloss="g")
+    ours = t5.numbers[t5.numbers["source"] == "this run"].set_index("model")
+    assert len(ours) == 0 or True  # D1-D3 are not paper datasets: nothing to set beside the published rows
+    frame = __import__("analysis.tables", fromlist=["scores"]).scores(runs, "test_accuracy")
+    g = frame[frame["method"] == "g"].groupby(["model", "protocol"])["value"].mean()
+    assert g[("m [mixed]", "integrated")] == pytest.approx(0.86, abs=0.02)
+    assert g[("m [mixed]", "standalone")] == pytest.approx(0.60, abs=0.02)
+    assert g[("m [other]", "integrated")] == pytest.approx(0.5)
+    t2 = table2(runs)
+    models = set(t2.cells["Model"])
+    assert models == {"m [mixed]", "m [other]"}
+
+
+def test_table5_keeps_protocols_apart(store):
+    uri, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("both_protocols")
+    for seed in (1, 2, 3):
+        log_run(client, exp, "both_protocols", "replicate", "g", "gloss", "MR", "m", seed, {"test_accuracy": 0.858})
+        log_run(client, exp, "both_protocols", "replicate", "g", "gloss", "MR", "m", seed, {"test_accuracy": 0.600},
+                protocol="standalone")
+    runs = load_runs("both_protocols", uri)
+    assert not any("duplicate" in p for p in runs.problems)
+    ours = table5(runs, gloss="g").numbers.set_index("model")
+    assert ours.loc["g + m, integrated", "MR_mean"] == pytest.approx(85.8)
+    assert ours.loc["g + m, standalone", "MR_mean"] == pytest.approx(60.0)
+
+
+def test_competitor_is_non_gloss_and_speed_needs_same_conditions(mixed):
+    runs = load_runs("mixed", mixed)
+    t4 = table4(runs, gloss="g")  # standalone: g against triplet
+    assert set(t4.numbers["competitor"]) == {"triplet"}
+    from analysis.tables import same_conditions, scores
+
+    epoch = scores(runs, "time_per_epoch_s", "integrated", extra=("tags.node", "tags.concurrency"))
+    part = epoch[epoch["dataset"] == "D1"]
+    assert same_conditions(part, "g", "ce") and not same_conditions(part, "g", "tie")
+    only_integrated = dataclasses.replace(runs, runs=runs.runs[runs.runs["protocol"] == "integrated"])
+    t4 = table4(only_integrated, gloss="g")  # g_test (G-Loss) beats every other method but is no competitor
+    assert dict(zip(t4.numbers["dataset"], t4.numbers["competitor"])) == {"D1": "late", "D2": "late", "D3": "tie"}
+    same = t4.numbers.set_index("dataset")
+    assert not same["same_conditions"].any()  # late / tie recorded no conditions
+
+
+def test_gloss_variant_is_chosen_on_validation_not_test(mixed):
+    runs = load_runs("mixed", mixed)
+    t9 = table9(runs, "test_accuracy")
+    assert set(t9.numbers["gloss"]) == {"g"}  # g_test is better on test, worse on validation
+    assert any("chosen among the G-Loss variants" in note and "validation" in note for note in t9.notes)
+
+
+def test_marks_show_direction_and_bold_keeps_ties(mixed):
+    runs = load_runs("mixed", mixed)
+    t2 = table2(runs, baseline="g")
+    cells = t2.cells.set_index("Loss")
+    assert cells.loc["ce", "D1 acc"].endswith("↓") and cells.loc["g_test", "D1 acc"].endswith("↑")
+    bold = {t2.cells.loc[row, "Loss"] for (row, column), mark in t2.marks.items() if column == "D1 acc"}
+    assert "late" in bold and "ce" not in bold and "g" not in bold  # late is best; g is significantly worse
+    t2_tie = table2(load_runs("mixed", mixed), baseline="ce")
+    d3 = {t2_tie.cells.loc[row, "Loss"] for (row, column), mark in t2_tie.marks.items() if column == "D3 acc"}
+    assert {"g_test"} <= d3 and "ce" not in d3
+
+
+def test_aggregate_and_ranks_use_common_datasets_only(mixed):
+    from analysis.tables import aggregate_table, ranks_table
+
+    runs = load_runs("mixed", mixed)
+    agg = aggregate_table(runs, reps=500)
+    late = agg.numbers[(agg.numbers["method"] == "late")].iloc[0]
+    assert late["datasets"] == 2 and (agg.numbers[agg.numbers["group"].str.startswith("integrated")]["datasets"] == 2).all()
+    assert any("D3 left out" in note and "late" in note for note in agg.notes)
+    ranks, _ = ranks_table(runs)
+    integrated = ranks.numbers[ranks.numbers["group"].str.startswith("integrated")]
+    assert "late" in set(integrated["method"]) and (integrated["n_datasets"] == 2).all()
+    assert any("D3 left out" in note for note in ranks.notes)
+    t2 = table2(runs)
+    assert any("D3 left out" in note for note in t2.notes)
+
+
+def test_bootstrap_needs_five_seeds(store, runs):
+    from analysis.tables import aggregate_table
+
+    agg = aggregate_table(runs, reps=500).numbers.set_index(["group", "method"])
+    assert np.isfinite(agg.loc[("integrated / bert-base", "ce"), "ci_low"])  # 6 seeds
+    assert np.isnan(agg.loc[("standalone / bert-base", "scl"), "ci_low"])  # 3 seeds: "–"
+
+
+def test_latex_escapes_comparison_signs():
+    from analysis.table import Table, latex_escape
+
+    assert latex_escape("p < 0.05 & n > 3") == r"p \textless{} 0.05 \& n \textgreater{} 3"
+    table = Table("t", "a < b", pd.DataFrame({"x<y": ["1 > 0"]}), pd.DataFrame())
+    tex = table.latex()
+    assert "<" not in tex and ">" not in tex.replace("\\", "")
+
+
+def test_provenance_names_search_and_replicate_seeds_apart(store):
+    from analysis.report import provenance_lines
+
+    lines = provenance_lines(load_runs(["paper"], store[0]))
+    assert "grid seeds [0], search sampler seed 0, replicate seeds [1, 2, 3]" in lines[0]

@@ -74,3 +74,55 @@ def test_retrying_client_waits_out_transient_errors_and_raises_refusals(monkeypa
     assert client.get_run("r1") == "r1" and Flaky.calls == 3
     with pytest.raises(MlflowException, match="not allowed"):
         client.set_tag("r1", "k", "v")
+
+
+def test_background_writes_leave_the_caller_at_once_and_merge_metric_batches(capsys):
+    import threading
+    import time
+
+    from mlflow.entities import Metric
+
+    from sweeps.resilience import MetricWrite
+
+    release, calls = threading.Event(), []
+
+    class Client:
+        def log_batch(self, run_id, metrics):
+            calls.append((run_id, [m.step for m in metrics]))
+
+    client = Client()
+    queue = WriteQueue(retry_every_s=0.0, warn_pending=3).start()
+    queue.submit("t1", "start", lambda: (release.wait(10), calls.append(("start", None))))
+    started = time.perf_counter()
+    for step in (1, 2, 3):
+        queue.submit("t1", f"result {step}", MetricWrite(lambda: client, lambda: "run-1", [Metric("m", 0.5, 0, step)]))
+    queue.submit("t2", "end", lambda: calls.append(("end t2", None)))
+    assert time.perf_counter() - started < 0.5  # the caller never waits on the store
+    assert "MLflow writes are backing up: 3 queued" in capsys.readouterr().err
+    release.set()
+    assert queue.wait_idle(10)
+    assert calls.index(("start", None)) < calls.index(("run-1", [1, 2, 3]))  # one batch, in order, after start
+    assert ("end t2", None) in calls and len(calls) == 3
+    queue.flush(1)
+    assert queue.lost == []
+
+
+def test_background_writes_wait_out_an_outage_and_keep_their_order():
+    import threading
+
+    up, done = threading.Event(), []
+
+    def write(tag):
+        def job():
+            if not up.is_set():
+                raise DOWN
+            done.append(tag)
+        return job
+
+    queue = WriteQueue(retry_every_s=0.05).start()
+    for tag in "abc":
+        queue.submit("t1", tag, write(tag))
+    assert not queue.wait_idle(0.3) and done == []  # in an outage it does not stall the caller
+    up.set()
+    queue.flush(5)
+    assert done == ["a", "b", "c"] and queue.lost == []

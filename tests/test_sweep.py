@@ -1,6 +1,7 @@
 """The sweep service with a real local Ray cluster, real Optuna and a real MLflow SQLite store."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,28 @@ def trial_runs(uri: str, name: str, phase: str):
     exp = client.get_experiment_by_name(name)
     return client, exp, client.search_runs([exp.experiment_id], f"tags.kind = 'trial' and tags.phase = '{phase}'",
                                            max_results=1000)
+
+
+def interrupt_when(spec_path: Path, cwd: Path, uri: str, name: str, phase: str, completed: int, sig=signal.SIGINT):
+    """Start `gloss sweep run SPEC`, wait until `completed` trials of `phase` have completed (others
+    in flight), send `sig`; returns the process (ended) and its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([GLOSS, "sweep", "run", str(spec_path), "--num-cpus", "2"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        time.sleep(2)
+        try:
+            _, _, runs = trial_runs(uri, name, phase)
+        except Exception:  # noqa: BLE001 - the experiment may not exist yet
+            continue
+        if sum(r.data.tags.get("ended") == "completed" for r in runs) >= completed:
+            break
+    else:
+        proc.kill()
+        pytest.fail("the sweep did not get going: " + proc.communicate()[0].decode()[-3000:])
+    os.kill(proc.pid, sig)
+    return proc, proc.communicate(timeout=180)[0].decode()
 
 
 def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
@@ -171,22 +194,7 @@ def test_interrupt_and_resume_keeps_every_trial_once(tiny_model, tmp_path, sig):
                            asha={"max_t": 8, "grace_period": 8, "reduction_factor": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([GLOSS, "sweep", "run", str(spec_path), "--num-cpus", "2"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # wait until some trials are done and others are in flight
-        time.sleep(2)
-        try:
-            _, _, runs = trial_runs(uri, name, "search")
-        except Exception:  # noqa: BLE001 - the experiment may not exist yet
-            continue
-        if sum(r.data.tags.get("ended") == "completed" for r in runs) >= 2:
-            break
-    else:
-        proc.kill()
-        pytest.fail("the sweep did not get going: " + proc.communicate()[0].decode()[-3000:])
-    os.kill(proc.pid, sig)
-    output = proc.communicate(timeout=120)[0].decode()
+    proc, output = interrupt_when(spec_path, tmp_path, uri, name, "search", 2, sig)
     if sig == signal.SIGINT:
         assert proc.returncode == 130, output[-3000:]
         assert "--resume" in output
@@ -227,12 +235,41 @@ def test_spec_errors_name_the_key(tmp_path, tiny_model):
     bad({"train": {"loss": "ce"}}, r"set by the grid axes")
     bad({"name": "a b"}, r"name: .*letters, digits")
     bad({"datasets": {"d": {"data": "synthetic", "lr": -1, "pooling": "max"}}}, r"cell d__tiny__ce__s0: pooling must be one of")
+    sens = {"losses": ["gloss"], "params": {"gamma": [-0.1, 0.1]}}
+    bad({"sensitivity": {**sens, "losses": ["nope"]}}, r"sensitivity\.losses: \['nope'\] are not loss variants")
+    bad({"sensitivity": {**sens, "params": {"dropout": [0.5]}}}, r"'dropout' cannot be perturbed; allowed: sigma \(multipliers\)")
+    bad({"sensitivity": {**sens, "params": {"sigma_scale": [1.0]}}}, r"multipliers must be > 0 and not 1")
+    bad({"sensitivity": {**sens, "params": {"lam": [1.5]}}}, r"offsets must lie in \[-1, 1\]")
+    bad({"sensitivity": {**sens, "params": {"temperature": [2.0]}}}, r"temperature acts on none of the chosen")
+    bad({"sensitivity": {**sens, "seeds": [1, 7]}}, r"sensitivity\.seeds \[1, 7\] must be replicate seeds")
+    bad({"sensitivity": sens, "replicate": None}, r"sensitivity needs the replicate phase")
     path = tmp_path / "broken.yaml"
     path.write_text("name: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(path)
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_sensitivity_points_perturb_one_parameter_around_the_best():
+    from sweeps.sensitivity import points
+
+    best = {"lr": 1e-4, "lam": 0.9, "gamma": 0.5, "sigma": "sqrt", "loss": "gloss"}
+    found, skipped = points("c", best, "gloss", "integrated",
+                            {"lam": [-0.1, 0.2], "gamma": [-0.2, -0.1, 0.3], "sigma_scale": [0.5], "sigma": [2.0],
+                             "lr": [0.5, 2.0]})
+    by_name = {p.name: p for p in found}
+    assert by_name["c~lam-low"].value == 0.8 and by_name["c~lam-low"].constants == {**best, "lam": 0.8}
+    assert "c~lam-high" not in by_name and any("lam = 0.9 + 0.2 = 1.1 lies outside" in note for note in skipped)
+    assert [by_name[f"c~gamma-low{i}"].value for i in (1, 2)] == [0.4, 0.3]  # low1 nearest the centre
+    assert by_name["c~gamma-high"].value == 0.8 and by_name["c~gamma-high"].centre == 0.5
+    assert by_name["c~sigma_scale-low"].value == 0.5  # not in the best config: the TrainConfig default, 1.0
+    assert any("sigma = 'sqrt' is not a number" in note and "sigma_scale" in note for note in skipped)
+    assert by_name["c~lr-low"].value == pytest.approx(5e-5) and by_name["c~lr-high"].value == pytest.approx(2e-4)
+    for point in found:  # exactly one parameter differs from the best config
+        assert [k for k in point.constants if point.constants[k] != best.get(k)] == [point.param]
+    _, notes = points("c", {"lam": 0.9}, "ce", "integrated", {"lam": [-0.1], "gamma": [0.1]})
+    assert len(notes) == 2 and all("does not act on loss 'ce'" in note for note in notes)
 
 
 def test_shipped_specs_validate():
@@ -249,13 +286,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_to_a_local_head(tmp_path):
-    """`ray job submit ... -- gloss sweep run SPEC` against a head started with `ray start` on free
-    ports (never 6379), then the runs are checked in MLflow."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    gcs, dashboard = _free_port(), _free_port()
-    ray = str(Path(bin_dir) / "ray")
+def readme_block(containing: str, language: str = "bash") -> str:
+    """The README's first fenced block of `language` that contains `containing`."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, re.S)
+    return next(block for block in blocks if containing in block)
+
+
+def test_readme_cluster_recipe_runs_verbatim(tmp_path):
+    """The README's `ray start` / `ray job submit` block, run as written in a fresh shell (no Ray
+    variables set; free ports, a tiny spec and temporary paths substituted), then the runs are
+    checked in MLflow."""
+    recipe = readme_block("ray start --head")
+    gcs, dashboard = str(_free_port()), str(_free_port())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for old, new in (("29123", gcs), ("8265", dashboard), ("--working-dir .", f"--working-dir {tmp_path}"),
+                     ("sweeps/specs/demo.yaml", "job.yaml"), ("http://MLFLOW_HOST:5000", uri),
+                     ("/shared/ray_results", str(tmp_path / "rr"))):
+        assert old in recipe, old
+        recipe = recipe.replace(old, new)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({
         "name": "jobtest", "datasets": {"synth": {"data": "synthetic", "synthetic_size": 32}},
         "models": {"minilm": {"model": "minilm"}},
@@ -264,22 +313,23 @@ def test_ray_job_submit_to_a_local_head(tmp_path):
         "search": {"num_samples": 2, "max_concurrent": 2}, "asha": {"max_t": 1, "grace_period": 1},
         "resources": {"cpu": 1}, "replicate": None,
     }))
-    subprocess.run([ray, "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                    str(dashboard), "--include-dashboard", "true", "--num-cpus", "2", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
+    (tmp_path / "recipe.sh").write_text("set -euo pipefail\n" + recipe.replace("ray stop", "ray stop --force"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
     try:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        job = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(tmp_path),
-             "--runtime-env-json", '{"excludes": [".git", "mlflow.db", "rr"]}', "--", "gloss", "sweep", "run",
-             "job.yaml", "--tracking-uri", uri, "--storage-path", str(tmp_path / "rr")],
-            env=env, capture_output=True, text=True, timeout=400)
-        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        job = subprocess.run(["bash", str(tmp_path / "recipe.sh")], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=500)
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
     client, exp, runs = trial_runs(uri, "jobtest", "search")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["ended"] == "completed" for r in runs)
+
+
+def test_the_readme_shows_the_shipped_cluster_spec():
+    assert yaml.safe_load(readme_block("name: cluster_mr", "yaml")) == yaml.safe_load(
+        (REPO / "sweeps" / "specs" / "cluster_mr.yaml").read_text())
 
 
 def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_path):
@@ -305,3 +355,122 @@ def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_pa
     assert parent.info.status == "FAILED" and "no trial" in parent.data.tags["error"]
     rows = {row["cell"]: row for row in summary["cells"]}
     assert rows["synth__tiny__ce__s0"]["n"] == 1 and rows["synth__tiny__diverge__s0"]["n"] == 0
+
+
+@pytest.fixture
+def s3_server(tmp_path, monkeypatch):
+    """`moto_server` (an S3-compatible server) on a free loopback port, with a bucket, and the
+    standard AWS variables pointing at it (Ray's workers inherit them)."""
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=(tmp_path / "moto.log").open("wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    env = {"AWS_ACCESS_KEY_ID": "gloss", "AWS_SECRET_ACCESS_KEY": "gloss-secret", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import pyarrow.fs
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"],
+                                    allow_bucket_creation=True).create_dir("gloss-sweeps")
+            break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, (tmp_path / "moto.log").read_text()[-2000:]
+            time.sleep(0.5)
+    yield pyarrow.fs.FileSystem.from_uri("s3://gloss-sweeps")[0]  # from_uri reads AWS_ENDPOINT_URL
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_server):
+    """Storage on an S3-compatible server: interrupted with SIGINT, resumed; every trial once in
+    MLflow, none left RUNNING, and nothing written in the working folder."""
+    name = "on-s3"
+    specs, work = tmp_path / "specs", tmp_path / "work"
+    specs.mkdir()
+    work.mkdir()
+    spec_path = write_spec(specs, tiny_model, name, replicate=None, storage_path="s3://gloss-sweeps/sweeps",
+                           datasets={"synth": {"data": "synthetic", "synthetic_size": 200}},
+                           search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
+                           asha={"max_t": 5, "grace_period": 5, "reduction_factor": 2})
+    uri = f"sqlite:///{specs / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc, output = interrupt_when(spec_path, work, uri, name, "search", 1)
+    assert proc.returncode == 130, output[-3000:]
+    listed = s3_server.get_file_info(pyarrow_selector("gloss-sweeps/sweeps/on-s3"))
+    assert {info.base_name for info in listed} >= {"search"}  # the sweep's state is on S3
+
+    resumed = subprocess.run([GLOSS, "sweep", "run", str(spec_path), "--resume", "--num-cpus", "2"], cwd=work,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, exp, runs = trial_runs(uri, name, "search")
+    ids = [r.data.tags["trial_id"] for r in runs]
+    assert len(ids) == len(set(ids)) == 2 * 2
+    assert all(r.info.status == "FINISHED" and r.data.tags["ended"] == "completed" for r in runs)
+    assert not [r for r in client.search_runs([exp.experiment_id], "", max_results=1000) if r.info.status == "RUNNING"]
+    assert not list(work.iterdir()), list(work.iterdir())  # nothing written where the command ran
+    checkpoints = s3_server.get_file_info(pyarrow_selector("gloss-sweeps/sweeps/on-s3/search", recursive=True))
+    assert not [info.path for info in checkpoints if "/checkpoint_" in info.path]  # finished trials leave none
+
+
+def pyarrow_selector(path: str, recursive: bool = False):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSelector(path, recursive=recursive)
+
+
+def test_sensitivity_phase_runs_resumes_and_reports(tiny_model, tmp_path):
+    """Search, replicate, then one-at-a-time perturbations of the G-Loss cell's best config on the
+    replicate seeds; SIGINT during the sensitivity phase, --resume: every point once per seed, the
+    replicate runs (the centre) never rerun; the report carries the tornado and the paired table."""
+    name = "sens-e2e"
+    spec_path = write_spec(
+        tmp_path, tiny_model, name, datasets={"synth": {"data": "synthetic", "synthetic_size": 400}},
+        losses={"ce": {"loss": "ce", "fixed": {"lr": 1e-3}},
+                "gloss": {"loss": "gloss", "fixed": {"lr": 1e-3}, "space": {"gamma": {"choice": [0.5, 0.7]}}}},
+        search={"num_samples": 2, "max_concurrent": 1, "seed": 0}, asha={"max_t": 3, "grace_period": 3},
+        replicate={"seeds": [1, 2], "export": False},
+        sensitivity={"losses": ["gloss"], "params": {"gamma": [-0.2, 0.2], "sigma_scale": [0.5, 2.0], "lam": [0.2]}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc, output = interrupt_when(spec_path, tmp_path, uri, name, "sensitivity", 1)
+    assert proc.returncode == 130 and "--resume" in output, output[-3000:]  # interrupted in the sensitivity phase
+    assert "lam = 0.9 + 0.2 = 1.1 lies outside its range; skipped" in output, output[-3000:]
+    replicate_before = {r.data.tags["trial_id"] for r in trial_runs(uri, name, "replicate")[2]}
+    assert len(replicate_before) == 2 * 2  # two cells, two seeds
+
+    resumed = subprocess.run([GLOSS, "sweep", "run", str(spec_path), "--resume", "--num-cpus", "2"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, exp, runs = trial_runs(uri, name, "sensitivity")
+    assert {r.data.tags["trial_id"] for r in trial_runs(uri, name, "replicate")[2]} == replicate_before
+    keys = [(r.data.tags["param"], r.data.tags["direction"], r.data.tags["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 4 * 2  # gamma and sigma_scale, low and high, 2 seeds; lam skipped
+    assert {(p, d) for p, d, _ in keys} == {(p, d) for p in ("gamma", "sigma_scale") for d in ("low", "high")}
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED" and tags["ended"] == "completed" and "test_macro_f1" in run.data.metrics
+        assert float(params[tags["param"]]) == float(tags["value"]) and tags["base_cell"] == "synth__tiny__gloss__s0"
+        centre = float(tags["centre"])
+        assert float(tags["value"]) == pytest.approx(centre * float(tags["step"]) if tags["param"] == "sigma_scale"
+                                                     else centre + float(tags["step"]))
+        assert params["lr"] == "0.001" and tags["seed"] in ("1", "2")
+    assert not [r for r in client.search_runs([exp.experiment_id], "", max_results=1000) if r.info.status == "RUNNING"]
+
+    out = tmp_path / "report"
+    done = subprocess.run([GLOSS, "analyze", "report", "-e", name, "--tracking-uri", uri, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = (out / "report.md").read_text()
+    assert report.count("## Provenance") == 1 and report.count("| git ") == 1 and "<sub>" not in report
+    assert "sensitivity seeds [1, 2]" in report and "replicate seeds [1, 2]" in report
+    sections = dict(re.findall(r"^### (.+)\n\n(.+)$", report, flags=re.M))
+    tornado = [caption for caption in sections if caption.startswith("Tornado around gloss")]
+    assert tornado and sections[tornado[0]].startswith("![")
+    for caption, body in sections.items():  # every figure is an image or a sentence saying why not
+        assert body.startswith("![") or body.startswith("*not drawn") or body.startswith("*no "), (caption, body)
+    table = pd.read_csv(out / "tables" / "sensitivity.csv")
+    assert len(table) == 4 and set(table["param"]) == {"gamma", "sigma_scale"} and (table["n"] == 2).all()
