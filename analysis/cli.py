@@ -32,6 +32,11 @@ def report(
     if fmt not in ("md", "html"):
         console.print(f"[red]--format must be md or html, got {fmt!r}[/red]")
         raise typer.Exit(2)
+    from gloss_core.paths import writable_folder
+    from sweeps.preflight import check_tracking_uri
+
+    writable_folder(out, "--out")
+    check_tracking_uri(tracking_uri or default_tracking_uri())
     try:
         path = write_report(experiment, tracking_uri or default_tracking_uri(), out, fmt, gloss=gloss,
                             baseline=baseline, metric=metric)

@@ -96,9 +96,11 @@ def cliques(test: RankTest) -> list[list[str]]:
 def cd_diagram(test: RankTest, title: str, folder: Path, name: str, meta: dict | None = None) -> list[Path]:
     ranks = test.ranks.sort_values()
     k = len(ranks)
-    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * k))
+    groups = cliques(test)
+    drop = 0.35 + 0.25 * len(groups)  # the clique bars sit between the axis and the labels
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.3 * k + 0.2 * len(groups)))
     ax.set_xlim(0.5, k + 0.5)
-    ax.set_ylim(-(k // 2 + 2.5), 2.2)
+    ax.set_ylim(-(k // 2 + 1.5 + drop), 2.2)
     ax.axis("off")
     ax.hlines(0, 1, k, color="k")
     for r in range(1, k + 1):
@@ -110,13 +112,14 @@ def cd_diagram(test: RankTest, title: str, folder: Path, name: str, meta: dict |
     half = math.ceil(k / 2)
     for i, (method, rank) in enumerate(ranks.items()):
         left = i < half
-        y = -(i + 1) if left else -(k - i)
-        x_text = 0.6 if left else k + 0.4
+        y = -(i + 1 if left else k - i) - drop
+        x_text = 0.8 if left else k + 0.2  # labels outside the axis, the lines running to them
         ax.plot([rank, rank, x_text], [0, y, y], color="0.2", lw=0.8)
-        ax.text(x_text, y + 0.1, f"{method} ({rank:.2f})", ha="left" if left else "right", fontsize=8)
-    for depth, group in enumerate(cliques(test)):
+        ax.text(x_text - 0.05 if left else x_text + 0.05, y, f"{method} ({rank:.2f})", ha="right" if left else "left",
+                va="center", fontsize=8)
+    for depth, group in enumerate(groups):
         lo, hi = ranks[group[0]], ranks[group[-1]]
-        ax.hlines(-0.4 - 0.25 * depth, lo - 0.05, hi + 0.05, color="tab:blue", lw=3)
+        ax.hlines(-0.3 - 0.25 * depth, lo - 0.05, hi + 0.05, color="tab:blue", lw=3)
     p = "n/a" if test.friedman_p is None else f"{test.friedman_p:.3g}"
     ax.set_title(f"{title}: average ranks (1 = best), N={test.n_blocks} datasets, Friedman p={p}", fontsize=9)
     return save(fig, folder, name, meta)

@@ -265,6 +265,8 @@ def build(runs: Runs, out: Path, gloss: str | None = None, baseline: str | None 
 
 def write_report(experiments: list[str], tracking_uri: str, out: Path, fmt: str = "md", **options) -> Path:
     runs = load_runs(experiments, tracking_uri, history=("replicate",))
+    if runs.runs.empty:
+        raise LookupError(f"no trial runs in {', '.join(experiments)} yet: nothing to report (run the sweep first)")
     out.mkdir(parents=True, exist_ok=True)
     built = build(runs, out, **options)
     title = f"G-Loss analysis: {', '.join(experiments)}"

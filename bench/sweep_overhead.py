@@ -84,7 +84,7 @@ def asha_saving(folder: Path) -> dict:
     out = {}
     for label, grace in (("asha", None), ("full budget", "max_t")):
         raw = yaml.safe_load((REPO / "sweeps" / "specs" / "demo.yaml").read_text())
-        raw.update({"name": f"demo-{label.replace(' ', '-')}", "replicate": None,
+        raw.update({"name": f"demo-{label.replace(' ', '-')}", "replicate": None, "sensitivity": None,
                     "tracking_uri": f"sqlite:///{folder / 'asha.db'}", "storage_path": str(folder / "rr-asha")})
         if grace:
             raw["asha"]["grace_period"] = raw["asha"]["max_t"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, get_args, get_type_hints
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from gloss_core.config import TrainConfig
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _option_type(hint):
@@ -42,7 +43,22 @@ def _parse_sigma(value):
         return value
 
 
-def _summary(result: dict, title: str) -> Table:
+def _check_outputs(output: Path | None, checkpoint_dir: Path | None, save_model: str | None, resume: Path | None) -> None:
+    """Every place the run will write is writable now, not after hours of training."""
+    from gloss_core.errors import UserError
+    from gloss_core.paths import writable_file, writable_folder
+
+    if output is not None:
+        writable_file(output, "--output")
+    if checkpoint_dir is not None:
+        writable_folder(checkpoint_dir, "--checkpoint-dir")
+    if save_model:
+        writable_folder(save_model, "--save-model")
+    if resume is not None and not resume.is_dir():
+        raise UserError(f"--resume {resume}: no such checkpoint folder")
+
+
+def _summary(result: dict, title: str, timing: bool = True) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -53,8 +69,10 @@ def _summary(result: dict, title: str) -> Table:
         if result.get(key) is not None:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for phase, seconds in result.get("timing_per_epoch_s", {}).items():
-        table.add_row(f"time/epoch: {phase}", f"{seconds:.3f} s")
+    phases = result.get("timing_per_epoch_s", {})
+    if timing and any(phases.values()):  # --no-timing records zeros: no table of them
+        for phase, seconds in phases.items():
+            table.add_row(f"time/epoch: {phase}", f"{seconds:.3f} s")
     return table
 
 
@@ -73,6 +91,7 @@ def train(
         config = TrainConfig(**options)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    _check_outputs(output, checkpoint_dir, config.save_model, resume)
 
     with Progress(TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as progress:
@@ -89,11 +108,17 @@ def train(
 
         try:
             result = run(config, report=report, resume_from=str(resume) if resume else None,
-                         best_weights=_best_weights(checkpoint_dir, resume))
+                         best_weights=_best_weights(checkpoint_dir, resume),
+                         notice=lambda line: progress.console.print(f"data: {line}", markup=False, highlight=False))
         except (ValueError, FileNotFoundError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from err
-    console.print(_summary(result, f"{config.protocol} {config.loss} on {Path(config.data).name} with {Path(config.model).name}"))
+    console.print(_summary(result, f"{config.protocol} {config.loss} on {Path(config.data).name} with {Path(config.model).name}",
+                           timing=config.timing))
+    zero = sum(h.get("gloss_zero_batches", 0) for h in result.get("history", []))
+    if zero:
+        console.print(f"[yellow]note:[/yellow] {zero} batch(es) (an epoch's last, smaller one) were too small for "
+                      f"G-Loss with gamma {config.gamma}: its term was 0 there")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2))

@@ -5,6 +5,10 @@ Each field carries its `gloss train --help` text in `metadata["help"]`.
 
 from __future__ import annotations
 
+import math
+import reprlib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -18,6 +22,55 @@ CHOICES = {
     "gloss_formulation": ("paper", "reference"),
 }
 AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "probe_epochs", "probe_patience")
+# (low, high, low inclusive) of every other bounded number; None values (unset) are not checked
+BOUNDS = {
+    "limit": (1, None, True), "synthetic_classes": (2, None, True), "synthetic_size": (1, None, True),
+    "synthetic_noise": (0, 1, True), "synthetic_distractors": (0, None, True), "lam": (0, 1, True),
+    "gamma": (0, 1, True), "sigma_scale": (0, None, False), "temperature": (0, None, False), "margin": (0, None, True),
+    "lr": (0, None, True), "weight_decay": (0, None, True), "lr_milestone": (1, None, True), "lr_decay": (0, None, False),
+    "warmup_ratio": (0, 1, True), "grad_clip": (0, None, False), "patience": (0, None, True), "probe_lr": (0, None, False),
+    "checkpoint_every": (0, None, True),
+}
+
+
+def _fits(value, hint) -> bool:
+    """Whether `value` has the type `hint` names (int for float is fine; bool is not a number)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint) -> str:
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return {float: "a number", int: "an integer", str: "a string", bool: "true/false", type(None): "null"}.get(hint, str(hint))
+
+
+def gloss_batch_problem(batch_size: int, gamma: float) -> str | None:
+    """Why G-Loss has nothing to propagate in a batch of `batch_size` with `gamma` (None if it has):
+    it needs a labeled node (b·γ >= 1) and a hidden one (ceil(b·γ) < b)."""
+    labeled = math.ceil(batch_size * gamma)
+    if batch_size * gamma >= 1 and labeled < batch_size:
+        return None
+    smallest = next(b for b in range(2, 1_000_000) if b * gamma >= 1 and math.ceil(b * gamma) < b) \
+        if 0 < gamma < 1 else None
+    fix = (f"use batch_size >= {smallest}" if smallest else "use gamma in (0, 1)")
+    if labeled >= batch_size:
+        why = f"all {batch_size} nodes keep their label (ceil({batch_size} x {gamma}) = {labeled}): no node is hidden"
+    else:
+        why = f"{batch_size} x {gamma} = {batch_size * gamma:g} < 1: less than one labeled node per batch"
+    return f"batch_size {batch_size} with gamma {gamma}: {why}, so the G-Loss term is 0 on every batch; {fix}"
 
 
 def option(default, help: str):  # noqa: A002 - the word typer uses
@@ -88,6 +141,13 @@ class TrainConfig:
                                           "label names and gloss_card.json")
 
     def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _fits(value, hints[f.name]):
+                raise ValueError(f"{f.name} must be {_type_name(hints[f.name])}, got {reprlib.repr(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -96,8 +156,19 @@ class TrainConfig:
         for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, (low, high, inclusive) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (value < low if inclusive else value <= low) or (high is not None and value > high):
+                shown = f"in [{low}, {high}]" if high is not None else f"{'>=' if inclusive else '>'} {low}"
+                raise ValueError(f"{name} must be {shown}, got {value}")
         if isinstance(self.sigma, (int, float)) and not self.sigma > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
+        if self.loss == "gloss" and 0 <= self.gamma <= 1:
+            problem = gloss_batch_problem(self.batch_size, self.gamma)
+            if problem:
+                raise ValueError(problem)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

@@ -31,7 +31,7 @@ from gloss_core.training.engine import Run
 
 
 def train(config: TrainConfig, report: Report | None = None, resume_from: str | None = None,
-          best_weights: BestWeights | None = None) -> dict:
+          best_weights: BestWeights | None = None, notice=None) -> dict:
     """Run one configuration to the end and return its metrics (see `gloss_core.training.engine.Run.result`).
 
     Args:
@@ -43,10 +43,14 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: str | 
         best_weights: where the best epoch's weights wait once it is behind (one file, written
             when it changes), so checkpoints hold one copy of the weights; None keeps them inside
             each checkpoint. A resumed run needs the same location.
+        notice: called with each line a user should read before training starts (the data's
+            notes: class counts, dropped rows and their column).
     """
     started = time.perf_counter()
     state = load_checkpoint(resume_from) if resume_from is not None else None
     run = build_run(config, state, best_weights)
+    for line in run.data.splits.notes if notice is not None else []:
+        notice(line)
     run.fit(report)
     result = run.result()
     splits = run.data.splits

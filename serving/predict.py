@@ -19,10 +19,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gloss_core.errors import UserError
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input file the model cannot take; the message names the file, column or labels."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gloss_core.errors import UserError
 from gloss_core.export import CARD, SavedModel, load_model
 from gloss_core.provenance import package_versions, redact
 from gloss_core.provenance import quiet_mlflow as quiet_console
@@ -93,7 +94,7 @@ def delete_registered(client, names: list[str]) -> list[str]:
     return deleted
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(UserError, LookupError):
     """A model reference that names nothing loadable; the message says what was looked for."""
 
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(no_args_is_help=True, help="Sweeps: dataset x model x loss x seed grids on Ray Tune.")
@@ -20,28 +21,32 @@ def run(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep"),
     restart: bool = typer.Option(False, "--restart", help="discard an earlier run of this sweep (Tune state and MLflow runs)"),
-    storage_path: Optional[Path] = typer.Option(None, help="Tune state folder (default ./ray_results)"),
+    storage_path: Optional[str] = typer.Option(None, help="Tune state: a folder or a URI such as s3://bucket/prefix "
+                                                            "(default ./ray_results)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)"),
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs of a local Ray cluster (default: all)"),
+    num_cpus: Optional[int] = typer.Option(None, min=1, max=4096, help="CPUs of a local Ray cluster (default: all)"),
 ):
-    """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow."""
+    """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow.
+
+    Exit status: 0 done, 2 a bad input (nothing started), 3 every trial of a phase failed,
+    130 interrupted (state saved for --resume)."""
     from sweeps.spec import SpecError, load_spec
 
+    if resume and restart:
+        raise typer.BadParameter("--resume and --restart exclude each other")
     try:
         parsed = load_spec(spec)
     except SpecError as err:
-        console.print(f"[red]{err}[/red]")
+        console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from err
-    from sweeps.runner import SweepInterrupted, run_sweep
+    from sweeps.runner import PhaseFailed, SweepInterrupted, run_sweep
 
     try:
-        if resume and restart:
-            raise typer.BadParameter("--resume and --restart exclude each other")
-        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume, restart=restart,
-                  storage_path=str(storage_path) if storage_path else None, ray_address=address, num_cpus=num_cpus)
-    except FileExistsError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from err
+        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume, restart=restart, storage_path=storage_path,
+                  ray_address=address, num_cpus=num_cpus)
+    except PhaseFailed as err:
+        console.print(f"[red]sweep {parsed.name!r}: {escape(str(err))}[/red]")
+        raise typer.Exit(3) from err
     except SweepInterrupted as err:
         console.print(f"[yellow]sweep {parsed.name!r} interrupted during the {err} phase; its state is saved. "
                       f"Continue with: gloss sweep run {spec} --resume[/yellow]")
@@ -54,12 +59,16 @@ def status(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite file ./mlflow.db)"),
 ):
     """Per cell and phase: trials completed, running, stopped early, failed; best so far."""
+    from gloss_core.provenance import default_tracking_uri
+    from sweeps.preflight import check_tracking_uri
     from sweeps.status import sweep_status
 
+    uri = tracking_uri or default_tracking_uri()
+    check_tracking_uri(uri)
     try:
-        rows = sweep_status(name, tracking_uri)
+        rows = sweep_status(name, uri)
     except LookupError as err:
-        console.print(f"[red]{err}[/red]")
+        console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from err
     table = Table(title=f"sweep {name}")
     for column in ("phase", "cell", "completed", "running", "stopped early", "failed", "interrupted", "best"):

@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -30,11 +31,13 @@ from ray import tune
 from rich.console import Console
 from rich.table import Table
 
+from gloss_core.errors import UserError
 from gloss_core.provenance import default_tracking_uri, redact
 from gloss_core.spread import mean_std
 from serving.registry import delete_registered, quiet_mlflow, register
 from sweeps.record import summary_run
 from sweeps.resilience import RetryingClient
+from sweeps import preflight
 from sweeps.cells import CellASHA, CellSearcher
 from sweeps.sensitivity import Point, describe, points, tags
 from sweeps.spec import Cell, SpaceSampler, SweepSpec
@@ -54,6 +57,28 @@ def registered_name(sweep: str, cell: str) -> str:
 
 class SweepInterrupted(RuntimeError):
     """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
+
+
+class SweepExists(UserError, FileExistsError):
+    """The sweep's folder holds an earlier run, and neither --resume nor --restart was given."""
+
+
+class PhaseFailed(RuntimeError):
+    """Every trial of a phase failed: the sweep ends with exit status 3 (what ran is recorded)."""
+
+
+def check_folder(storage: SweepStorage, resume: bool, restart: bool) -> None:
+    """The sweep's folder may be used: absent, or carrying this sweep's marker, with --resume or
+    --restart when it holds an earlier run."""
+    if storage.exists():
+        storage.refuse_unless_ours("delete" if restart else "write into")  # a folder another sweep (or none) owns
+        if not resume and not restart:
+            raise SweepExists(f"{storage} holds an earlier run of sweep {storage.name!r}: pass --resume to continue it, "
+                              "or --restart to discard it and start again")
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -131,24 +156,30 @@ class SweepRunner:
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
 
     def run(self, resume: bool = False, restart: bool = False) -> dict:
+        check_folder(self.storage, resume, restart)
         if restart:
             self.discard_previous()
-        elif not resume and self.storage.exists():
-            raise FileExistsError(f"{self.storage} holds an earlier run of sweep {self.spec.name!r}: "
-                                  "pass --resume to continue it, or --restart to discard it and start again")
+        self.storage.mark(spec_hash(self.spec))
         summary_run(self.client, self.exp_id, self.spec)  # created first: the spec, git commit, package versions
         self.announce(resume)
         try:
             search = self.search(resume)
             self.record_search(search)
+            if not search.best:
+                raise PhaseFailed(f"every search trial failed or reported no {self.spec.metric}; each run's `error` tag "
+                                  f"says why (gloss sweep status {self.spec.name})")
             replicate = ReplicateOutcome({})
-            if self.spec.replicate and search.best:
+            if self.spec.replicate:
                 replicate = self.replicate(search, resume)
                 self.record_replicate(replicate)
+                if not replicate.finals:
+                    raise PhaseFailed("every replicate trial failed; each run's `error` tag says why")
             sensitivity = SensitivityOutcome([], {}, {})
-            if self.spec.sensitivity and replicate.finals:
+            if self.spec.sensitivity:
                 sensitivity = self.sensitivity(search, resume)
                 self.record_sensitivity(sensitivity)
+                if sensitivity.points and not sensitivity.finals:
+                    raise PhaseFailed("every sensitivity trial failed; each run's `error` tag says why")
             return self.summarise(search, replicate, sensitivity)
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
@@ -168,11 +199,22 @@ class SweepRunner:
 
     def discard_previous(self) -> None:
         """Remove the Tune state, delete this sweep's MLflow runs and its registered models, so one
-        experiment holds one sweep."""
+        experiment holds one sweep; say what went. A folder without this sweep's marker is refused
+        before anything is deleted."""
+        self.storage.refuse_unless_ours("delete")
+        existed = self.storage.exists()
+        marker = self.storage.marker() if existed else None
         self.storage.remove()
-        for run in self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000):
+        runs = self.client.search_runs([self.exp_id], f"tags.sweep = '{self.spec.name}'", max_results=50000)
+        for run in runs:
             self.client.delete_run(run.info.run_id)
-        delete_registered(self.client, [registered_name(self.spec.name, cell) for cell in self.cells])
+        models = delete_registered(self.client, [registered_name(self.spec.name, cell) for cell in self.cells])
+        if existed or runs or models:
+            folder = "no Tune state" if not existed else str(self.storage) + (
+                f" (sweep {marker['sweep']}, started {marker.get('created', '?')}, spec sha256 "
+                f"{str(marker.get('spec_sha256', '?'))[:12]})" if marker else " (a sweep folder from before markers)")
+            console.print(f"--restart: deleted {folder}, {len(runs)} MLflow runs of sweep {self.spec.name!r} and "
+                          f"{len(models)} registered models", markup=False, highlight=False)
 
     def _best_weights_dir(self, phase: str) -> str:
         """Beside the phase's Tune folder, not in it (Tune reads every folder there as a trial)."""
@@ -431,9 +473,21 @@ class SweepRunner:
                           f"{100 * delta.mean:+.2f}" if delta.n else "-")
         return table, rows
 
+def resolve_address(given: str | None) -> str:
+    """--address, else RAY_ADDRESS (as `ray job submit` sets it), else "local": a new local cluster,
+    never the one a possibly stale `ray_current_cluster` file names."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Start (or join) Ray, run every phase, shut Ray down if this call started it."""
+    """Check what can be checked first (store, storage, address), start (or join) Ray, check that
+    a trial fits a node, run every phase, shut Ray down if this call started it."""
+    uri = tracking_uri or spec.tracking_uri or default_tracking_uri()
+    location = storage_path or spec.storage_path or "ray_results"
+    preflight.check_tracking_uri(uri)
+    preflight.check_storage(location)
+    check_folder(SweepStorage(location, spec.name), resume, restart)
     started = False
     # fail fast on an unreachable server: the sweep's own queue and retries take over (resilience.py)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -446,16 +500,23 @@ def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool 
         # runs with Ray's default token auth (token made in ~/.ray/auth_token), which matters
         # because Ray binds the node's address, not loopback (the README says so, so Ray's notice
         # of its default is not repeated on every run); joining a cluster follows that cluster's mode.
-        address = ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        address = resolve_address(ray_address)
+        preflight.check_address(address)
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
             lambda record: "Token authentication is enabled" not in record.getMessage())
+        # a failed trial: its reason is on its progress line and in its run's `error` tag, not a
+        # traceback from Tune on the console
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+            lambda record: "Trial task failed" not in record.getMessage())
+        logging.getLogger("ray.tune.tune").addFilter(lambda record: "Trials did not complete" not in record.getMessage())
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         ray.init(address=address, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
                  logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
         started = True
     try:
-        return SweepRunner(spec, tracking_uri, storage_path).run(resume, restart)
+        preflight.check_resources(spec.resources.cpu, spec.resources.gpu, ray.nodes())
+        return SweepRunner(spec, uri, location).run(resume, restart)
     finally:
         if started:
             ray.shutdown()

@@ -146,6 +146,11 @@ def points(cell: str, best: dict, loss: str, protocol: str, params: dict[str, li
             ordered = found if direction == "high" else found[::-1]  # low1 nearest the centre
             for i, (value, step) in enumerate(ordered, start=1):
                 label = direction if len(found) == 1 else f"{direction}{i}"
+                try:
+                    TrainConfig.from_dict({**best, param: value})
+                except ValueError as err:
+                    skipped.append(f"{cell}: {param} = {value:g} is not a valid config ({err}); skipped")
+                    continue
                 out.append(Point(f"{cell}~{param}-{label}", cell, param, label, value, step, float(centre),
                                  {**best, param: value}))
     return out, skipped

@@ -21,15 +21,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gloss_core.config import TrainConfig
+from gloss_core.errors import UserError
 from gloss_core.losses.registry import PROTOCOL_LOSSES
 from sweeps.sensitivity import PERTURBABLE, Sensitivity
+from sweeps.yaml_strict import MAX_SPEC_BYTES, SpecYAMLError, load_yaml, short
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
 DEFAULT_METRIC = {"integrated": "val_macro_f1", "standalone": "val_macro_silhouette"}
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An invalid sweep spec; the message names the file, key and what is allowed."""
 
 
@@ -126,8 +128,23 @@ class Resources(Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+def _unique_seeds(seeds: list[int]) -> list[int]:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds repeat: {repeated}; each seed runs once, so give each once")
+    return seeds
+
+
 class Replicate(Strict):
     seeds: list[int] = [1, 2, 3]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds):
+        if not seeds:
+            raise ValueError("give at least one replicate seed")
+        return _unique_seeds(seeds)
+
     artifacts: bool = False  # log test embeddings and one batch's adjacency per epoch (t-SNE, heatmap)
     export: bool = True  # each trial's best-epoch model to MLflow; each cell's best (on validation) registered
 
@@ -171,6 +188,18 @@ class SweepSpec(Strict):
                 raise ValueError(f"entry {name!r} must be a mapping of training options")
             _check_overrides(overrides, f"{info.field_name}.{name}")
         return values
+
+    @field_validator("losses")
+    @classmethod
+    def _losses(cls, losses):
+        if not losses:
+            raise ValueError("give at least one loss variant")
+        return losses
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds):
+        return _unique_seeds(seeds)
 
     @field_validator("train")
     @classmethod
@@ -232,13 +261,20 @@ class SweepSpec(Strict):
         return out
 
     def check_cells(self) -> None:
-        """Build a TrainConfig for every cell (with the space's lowest values) so bad values fail now."""
+        """Build a TrainConfig for every cell with the space's lowest values, and with each choice
+        of every `choice` (and each bound of every range), so bad values fail now, not in a trial."""
         for cell in self.cells():
-            values = {**cell.constants, **{key: dist.lowest() for key, dist in cell.space.items()}}
-            try:
-                TrainConfig.from_dict(values)
-            except ValueError as err:
-                raise SpecError(f"cell {cell.name}: {err}") from err
+            lowest = {key: dist.lowest() for key, dist in cell.space.items()}
+            variants = [lowest]
+            for key, dist in cell.space.items():
+                values = dist.choice or list(dist.loguniform or dist.uniform or dist.integer)
+                variants += [{**lowest, key: value} for value in values]
+            for varied in variants:
+                try:
+                    TrainConfig.from_dict({**cell.constants, **varied})
+                except ValueError as err:
+                    where = "" if varied == lowest else f" (with {', '.join(f'{k}={short(v)}' for k, v in varied.items())})"
+                    raise SpecError(f"cell {cell.name}{where}: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,16 +298,32 @@ class Cell:
                 "loss": self.loss, "seed": str(self.seed), "protocol": self.protocol, **self.extra_tags}
 
 
+def _local_path(value: str, key: str) -> bool:
+    """A value that can only mean a local path: any data but 'synthetic' and 'hf:...'; a model
+    that starts like a path (a bare or 'org/name' value may be a Hub name)."""
+    if key == "data":
+        return value != "synthetic" and not value.startswith("hf:")
+    return value.startswith(("/", "./", "../", "~"))
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; data and model paths that exist (relative to the working
     directory) become absolute, since trials run in folders of their own."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: spec file not found" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: {path.stat().st_size:,} bytes is not a spec (at most {MAX_SPEC_BYTES:,})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except SpecYAMLError as err:
+        raise SpecError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from err
+        raise SpecError(f"{path}: not valid YAML ({short(str(err))})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a spec") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the spec must be a mapping with at least name, datasets, models, losses")
     try:
@@ -280,12 +332,18 @@ def load_spec(path: str | Path) -> SweepSpec:
         lines = []
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""))
+            lines.append(f"  {key}: {e['msg']}" + (f" (got {short(e['input'])})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""))
         raise SpecError(f"{path}: invalid sweep spec\n" + "\n".join(lines)) from None
-    for entries, key in ((spec.datasets, "data"), (spec.models, "model")):
-        for options in entries.values():  # trials run in their own folders: make local paths absolute
+    for field, entries, key in (("datasets", spec.datasets, "data"), ("models", spec.models, "model")):
+        for name, options in entries.items():  # trials run in their own folders: make local paths absolute
             value = options.get(key)
             if isinstance(value, str) and not value.startswith("hf:") and Path(value).exists():
                 options[key] = str(Path(value).resolve())
-    spec.check_cells()
+            elif isinstance(value, str) and _local_path(value, key):
+                raise SpecError(f"{path}: {field}.{name}.{key}: {value!r} does not exist (relative paths are read from "
+                                f"{Path.cwd()})")
+    try:
+        spec.check_cells()
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
     return spec

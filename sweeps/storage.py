@@ -11,11 +11,21 @@ on the driver and on every node.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
+import json
 import tempfile
 from pathlib import Path
 
 import pyarrow.fs
+
+from gloss_core.errors import UserError
+
+MARKER = "gloss-sweep.json"  # written when a sweep starts: nothing without it is ever deleted
+
+
+class NotOurFolder(UserError):
+    """A folder the runner would delete or reuse does not carry this sweep's marker."""
 
 
 def is_uri(location: str) -> bool:
@@ -54,6 +64,7 @@ class SweepStorage:
     """
 
     def __init__(self, root: str, name: str):
+        self.name = name
         self.root = root.rstrip("/") if is_uri(root) else str(Path(root).resolve())
         self.fs, root_path = pyarrow.fs.FileSystem.from_uri(self.root if is_uri(self.root) else Path(self.root).as_uri())
         self.path = f"{root_path.rstrip('/')}/{name}"
@@ -81,9 +92,54 @@ class SweepStorage:
         selector = pyarrow.fs.FileSelector(self.path_of(*parts), allow_not_found=True)
         return [info.base_name for info in self.fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory]
 
+    # ---- the marker: what may be deleted ---------------------------------------------------------
+    def marker(self) -> dict | None:
+        """The sweep folder's marker (sweep name, spec hash, when it started), or None."""
+        try:
+            data = json.loads(self.file(MARKER).read_text()) if self.exists(MARKER) else None
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def ours(self) -> bool:
+        found = self.marker()
+        if found is not None:
+            return found.get("sweep") == self.name
+        return self.earlier_version_sweep()
+
+    def earlier_version_sweep(self) -> bool:
+        """A sweep folder written before markers existed: only phase folders and the unlogged-writes
+        files, and a Tune experiment state in `search/` that names this sweep's trainable."""
+        selector = pyarrow.fs.FileSelector(self.path, allow_not_found=True)
+        names = {info.base_name for info in self.fs.get_file_info(selector)}
+        allowed = {"search", "replicate", "sensitivity", "best_weights"}
+        if "search" not in names or not all(n in allowed or fnmatch.fnmatch(n, "mlflow_unlogged_*.json") for n in names):
+            return False
+        search = pyarrow.fs.FileSelector(self.path_of("search"), allow_not_found=True)
+        files = {info.base_name for info in self.fs.get_file_info(search)}
+        return "tuner.pkl" in files or any(fnmatch.fnmatch(name, "experiment_state-*.json") for name in files)
+
+    def mark(self, spec_hash: str) -> None:
+        """Claim the folder for this sweep (kept on resume; a new start rewrites it)."""
+        previous = self.marker() or {}
+        self.file(MARKER).write_text(json.dumps({
+            "sweep": self.name, "spec_sha256": spec_hash,
+            "created": previous.get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }, indent=2))
+
+    def refuse_unless_ours(self, action: str) -> None:
+        if self.exists() and not self.ours():
+            found = self.marker()
+            whose = f"the marker of sweep {found.get('sweep')!r}" if found else f"no {MARKER} marker"
+            raise NotOurFolder(f"refusing to {action} {self.uri}: it holds {whose}, so it is not the folder of sweep "
+                               f"{self.name!r}; nothing was deleted. Move it away, or choose another storage_path "
+                               "(--storage-path) or sweep name")
+
     def remove(self, *parts: str) -> None:
-        """Delete the folder `parts` (the whole sweep when none) with everything in it."""
+        """Delete the folder `parts` (the whole sweep when none) with everything in it, only if the
+        sweep folder carries this sweep's marker."""
         if self.exists(*parts):
+            self.refuse_unless_ours("delete" if not parts else f"delete {'/'.join(parts)} in")
             self.fs.delete_dir(self.path_of(*parts))
 
     @contextlib.contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +92,16 @@ def error_text(trial) -> str:
         return str(trial.get_error() or trial.get_pickled_error() or "unknown error")
     except Exception as err:  # noqa: BLE001 - never let error reporting fail the sweep
         return f"unknown error ({type(err).__name__} while reading the trace)"
+
+
+def error_reason(trace: str, limit: int = 200) -> str:
+    """The one line of a trace a reader needs: the exception and its message, shortened."""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    found = next((line for line in reversed(lines) if re.match(r"^[\w.]*(Error|Exception|Failed)\b", line)), None)
+    if found is None:
+        found = next((line for line in lines if re.match(r"^[\w.]*(Error|Exception)", line)), lines[-1] if lines else "")
+    found = re.sub(r"\x1b\[[0-9;]*m|\[\d+m", "", found)
+    return found if len(found) <= limit else found[:limit - 3] + "..."
 
 
 class NoRun(LookupError):
@@ -368,7 +379,7 @@ class ProgressPrinter(Callback):
         self._line(trial, "completed" if (trial.last_result or {}).get("last_epoch") else "stopped early (ASHA)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, "FAILED")
+        self._line(trial, f"FAILED ({error_reason(error_text(trial))})")
 
 
 def run_conditions(last: dict, counts: set[int]) -> dict[str, str]:

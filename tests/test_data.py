@@ -41,7 +41,7 @@ def test_csv_errors_name_file_row_and_column(tmp_path):
         load_csv_splits(tmp_path, empty_text="error")
     dropped = load_csv_splits(tmp_path)  # default: drop, with a count
     assert dropped.test.texts == ["a"] and dropped.test.dropped_empty == 1
-    assert any("test.csv: dropped 1 rows with empty text" in note for note in dropped.notes)
+    assert any("test.csv: dropped 1 rows with an empty 'text' column" in note for note in dropped.notes)
     _write(tmp_path, "test", "text,label\n,0\n")
     with pytest.raises(DataError, match=r"test\.csv: the split is empty after dropping 1 empty rows"):
         load_csv_splits(tmp_path)

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 from gloss_core.config import TrainConfig
@@ -44,28 +43,63 @@ def load_splits(config: TrainConfig) -> DatasetSplits:
                            empty_text=config.empty_text)
 
 
+CHUNK_ROWS = 50_000  # rows parsed at a time: a large file streams instead of being read whole
+
+
+def _header(path: Path) -> list[str]:
+    """The first line's column names (utf-8-sig: a BOM is no part of the first name)."""
+    with open(path, encoding="utf-8-sig", newline="", errors="strict") as f:
+        try:
+            first = next(csv.reader(f), [])
+        except csv.Error as err:
+            raise DataError(f"{path}, line 1: not a CSV header ({err})") from None
+    repeated = sorted({name for name in first if first.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: column(s) {repeated} appear more than once in the header; name each column once")
+    return first
+
+
+def _bad_utf8_line(path: Path) -> tuple[int, str]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return number, err.reason
+    return 0, "unknown"
+
+
 def _read_csv(path: Path) -> RawSplit:
+    """One split's rows, parsed by pandas in chunks (no field-size limit: long texts are cut by the
+    tokenizer); `rows` counts the header as row 1."""
+    import pandas as pd
+
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    data = path.read_bytes()
+        raise DataError(f"{path}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        content = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({err.reason})") from err
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    missing = {"text", "label"} - set(reader.fieldnames or [])
+        header = _header(path)
+    except UnicodeDecodeError:
+        line, reason = _bad_utf8_line(path)
+        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({reason})") from None
+    missing = {"text", "label"} - set(header)
     if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
-    has_pair = "text_pair" in reader.fieldnames
-    texts, labels, pairs, rows = [], [], [], []
-    for row in reader:
-        texts.append(row["text"])
-        labels.append(row["label"])
-        rows.append(reader.line_num)
-        if has_pair:
-            pairs.append(row["text_pair"])
-    return RawSplit(str(path), texts, labels, pairs if has_pair else None, rows)
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {header}")
+    has_pair = "text_pair" in header
+    columns = ["text", "label"] + (["text_pair"] if has_pair else [])
+    texts, labels, pairs = [], [], []
+    try:
+        for chunk in pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False,
+                                 usecols=columns, chunksize=CHUNK_ROWS, engine="c"):
+            texts += chunk["text"].tolist()
+            labels += chunk["label"].tolist()
+            if has_pair:
+                pairs += chunk["text_pair"].tolist()
+    except UnicodeDecodeError:
+        line, reason = _bad_utf8_line(path)
+        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({reason})") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise DataError(f"{path}: not a valid CSV ({' '.join(str(err).split())[:300]})") from None
+    return RawSplit(str(path), texts, labels, pairs if has_pair else None, list(range(2, len(texts) + 2)))
 
 
 def load_csv_splits(folder: str | Path, *, limit: int | None = None, subset_seed: int = 0,

@@ -11,11 +11,13 @@ from typing import Literal
 
 import torch
 
+from gloss_core.errors import UserError
+
 SPLITS = ("train", "val", "test")
 EmptyText = Literal["drop", "error"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file, row or column."""
 
 
@@ -84,9 +86,11 @@ def build_splits(raw: dict[str, RawSplit], *, empty_text: EmptyText = "drop", li
     """
     cleaned = {name: _clean(raw[name], empty_text) for name in SPLITS}
     train_where = cleaned["train"][0].where
-    label_names = sorted(set(cleaned["train"][0].labels), key=_sort_key)
+    train_rows = cleaned["train"][0]
+    label_names = sorted(set(train_rows.labels), key=_sort_key)
     if len(label_names) < 2:
         raise DataError(f"{train_where}: the train split has a single class {label_names}")
+    check_label_set(train_rows)
     index = {name: i for i, name in enumerate(label_names)}
     splits, notes = {}, []
     for name, (rows, dropped) in cleaned.items():
@@ -100,6 +104,27 @@ def build_splits(raw: dict[str, RawSplit], *, empty_text: EmptyText = "drop", li
             texts, ids = [texts[i] for i in keep], ids[keep]
             pairs = None if pairs is None else [pairs[i] for i in keep]
         if dropped:
-            notes.append(f"{rows.where}: dropped {dropped} rows with empty text")
+            columns = "'text' or 'text_pair'" if rows.text_pairs is not None else "'text'"
+            notes.append(f"{rows.where}: dropped {dropped} rows with an empty {columns} column")
         splits[name] = Split(texts, ids, pairs, dropped)
+    counts = torch.bincount(splits["train"].labels, minlength=len(label_names)).tolist()
+    shown = ", ".join(f"{name} {count:,}" for name, count in list(zip(label_names, counts))[:12])
+    notes.append(f"{train_where}: {len(label_names)} classes ({shown}{', ...' if len(label_names) > 12 else ''})")
     return DatasetSplits(splits["train"], splits["val"], splits["test"], label_names, source, notes)
+
+
+MAX_CLASS_SHARE = 0.5  # more distinct labels than half the rows: not a classification label column
+
+
+def check_label_set(train: RawSplit) -> None:
+    """Refuse a label column that cannot be class labels: nearly every row its own class (a text
+    or an id column under the name 'label'), naming rows that show it."""
+    labels = train.labels
+    distinct = set(labels)
+    if len(labels) >= 20 and len(distinct) > max(100, MAX_CLASS_SHARE * len(labels)):
+        seen = {}
+        for k, label in enumerate(labels):
+            seen.setdefault(label, k)
+        examples = ", ".join(f"row {train.rows[k]} {label[:30]!r}" for label, k in list(seen.items())[:3])
+        raise DataError(f"{train.where}, column 'label': {len(distinct):,} distinct values in {len(labels):,} rows "
+                        f"({examples}, ...): that is not a set of classes; is the label in another column?")

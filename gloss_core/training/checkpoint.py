@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from gloss_core.errors import UserError
+
 FILE = "state.pt"
 BEST_FILE = "best.safetensors"  # beside the kept checkpoint of `gloss train --checkpoint-dir`
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gloss_core.config import Report, TrainConfig
+from gloss_core.config import Report, TrainConfig, gloss_batch_problem
 from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.graph.propagation import gaussian_affinity
 from gloss_core.graph.sigma import BatchSqrtSigma, FixedSigma
@@ -149,6 +149,7 @@ class Run:
         timer, clip = self.timer, self.config.clip()
         total = torch.zeros((), device=self.device)
         start = time.perf_counter()
+        zero_gloss = 0  # batches too small for G-Loss to hide and keep a label (its term is 0 there)
         iterator = iter(self.data.train)
         while True:
             with timer("data"):
@@ -156,6 +157,8 @@ class Run:
                 if item is None:
                     break
                 inputs, labels = {k: v.to(self.device) for k, v in item[0].items()}, item[1].to(self.device)
+                if self.config.loss == "gloss" and gloss_batch_problem(len(labels), self.config.gamma):
+                    zero_gloss += 1
             with autocast_context(self.device, self.autocast):
                 with timer("forward"):
                     logits, embeddings = self.model(**inputs)
@@ -171,6 +174,7 @@ class Run:
             total += loss.detach()
         train_loss = float(total) / len(self.data.train)  # the epoch's one host sync
         return {"train_loss": train_loss, "epoch_time_s": time.perf_counter() - start,
+                **({"gloss_zero_batches": zero_gloss} if self.config.loss == "gloss" else {}),
                 **{f"time_{k}_s": v for k, v in timer.reset().items()}}
 
     def fit(self, report: Report | None = None) -> None:

@@ -1,0 +1,31 @@
+"""Checks that a place the run will write to is usable, made before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gloss_core.errors import UserError
+
+
+def writable_folder(path: Path | str, what: str) -> None:
+    """`path` is, or can become, a folder this process can write to (nothing is created here)."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {probe} is not writable")
+
+
+def writable_file(path: Path | str, what: str) -> None:
+    """`path` can be written as a file: not a folder, and its folder writable."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder; give a file name")
+    try:
+        writable_folder(path.parent, what)
+    except UserError as err:
+        raise UserError(str(err).replace(f"{what} {path.parent}:", f"{what} {path}:", 1)) from None
