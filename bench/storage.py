@@ -105,40 +105,56 @@ def checkpoints(tmp: Path, epochs: int = 3) -> dict:
     spec = load_spec(REPO / "sweeps/specs/demo.yaml")
     cell = next(c for c in spec.cells() if c.loss == "gloss_o")
     values = {**cell.constants, "lr": 5e-5, "sigma": 1.0, "lam": 0.7, "gamma": 0.6, "epochs": epochs}
-    run = build_run(TrainConfig.from_dict(values), best_weights=BestWeights(tmp / "best" / "trial.safetensors"))
+
+    def measure(budget: float | None, name: str):
+        run = build_run(TrainConfig.from_dict({**values, "checkpoint_budget": budget}),
+                        best_weights=BestWeights(tmp / "best" / f"{name}.safetensors"))
+        saves, rows, mark = [], [], [time.perf_counter()]
+        save = engine.save_checkpoint
+
+        def timed_save(folder, state):
+            started = time.perf_counter()
+            path = save(folder, state)
+            saves.append(time.perf_counter() - started)
+            return path
+
+        def report(metrics: dict, folder: str | None) -> None:
+            reported = time.perf_counter()
+            row = {"epoch": metrics["epoch"], "checkpoint_s": 0.0, "state_bytes": 0}
+            if folder is not None:  # copied to a storage folder as Tune copies it
+                destination = tmp / "storage" / f"{name}_{metrics['epoch']:06d}"
+                destination.mkdir(parents=True)
+                pyarrow.fs.copy_files(folder, str(destination), source_filesystem=pyarrow.fs.LocalFileSystem(),
+                                      destination_filesystem=pyarrow.fs.LocalFileSystem())
+                row.update(checkpoint_s=saves[-1] + time.perf_counter() - reported,
+                           state_bytes=os.path.getsize(Path(folder) / "state.pt"))
+                shutil.rmtree(destination)
+            row["epoch_s"] = reported - mark[0] - (saves[-1] if folder is not None else 0.0)
+            rows.append(row)
+            mark[0] = time.perf_counter()
+
+        engine.save_checkpoint = timed_save
+        try:
+            run.fit(report)
+        finally:
+            engine.save_checkpoint = save
+        return rows, run
+
+    every, run = measure(None, "every")  # a checkpoint every epoch: the cost of one
+    budgeted, _ = measure(spec.cells()[0].constants["checkpoint_budget"], "budgeted")  # as a sweep trial runs
     fp32 = sum(t.numel() * 4 for t in run.model.state_dict().values())
-    saves, rows, mark = [], [], [time.perf_counter()]
-    save = engine.save_checkpoint
+    BestWeights(tmp / "best" / "measured.safetensors").save(run.model.state_dict(), 1)
+    best_bytes = (tmp / "best" / "measured.safetensors").stat().st_size
 
-    def timed_save(folder, state):
-        started = time.perf_counter()
-        path = save(folder, state)
-        saves.append(time.perf_counter() - started)
-        return path
+    def share(rows):
+        return sum(r["checkpoint_s"] for r in rows) / sum(r["epoch_s"] for r in rows)
 
-    def report(metrics: dict, folder: str) -> None:
-        reported = time.perf_counter()
-        destination = tmp / "storage" / f"checkpoint_{metrics['epoch']:06d}"
-        destination.mkdir(parents=True)
-        pyarrow.fs.copy_files(folder, str(destination), source_filesystem=pyarrow.fs.LocalFileSystem(),
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
-        copy_s = time.perf_counter() - reported
-        rows.append({"epoch": metrics["epoch"], "epoch_s": reported - mark[0] - saves[-1],
-                     "checkpoint_s": saves[-1] + copy_s, "state_bytes": os.path.getsize(Path(folder) / "state.pt")})
-        shutil.rmtree(destination)
-        mark[0] = time.perf_counter()
-
-    engine.save_checkpoint = timed_save
-    try:
-        run.fit(report)
-    finally:
-        engine.save_checkpoint = save
-    best = BestWeights(tmp / "best" / "measured.safetensors")
-    best.save(run.model.state_dict(), 1)
-    return {"model_fp32_bytes": fp32, "epochs": rows,
-            "state_over_fp32": max(r["state_bytes"] for r in rows) / fp32,
-            "best_file_over_fp32": (tmp / "best" / "measured.safetensors").stat().st_size / fp32,
-            "checkpoint_share_median": statistics.median(r["checkpoint_s"] / r["epoch_s"] for r in rows)}
+    return {"model_fp32_bytes": fp32, "epochs": every, "budgeted_epochs": budgeted,
+            "state_over_fp32": max(r["state_bytes"] for r in every) / fp32,
+            "best_file_over_fp32": best_bytes / fp32,
+            "checkpoint_share_median": statistics.median(r["checkpoint_s"] / r["epoch_s"] for r in every),
+            "checkpoint_share_budgeted": share(budgeted),
+            "budgeted_checkpoints": sum(r["checkpoint_s"] > 0 for r in budgeted)}
 
 
 def main() -> None:
@@ -162,8 +178,10 @@ def main() -> None:
           f"{c['best_file_over_fp32']:.2f} x, written only when the best epoch falls behind")
     for row in c["epochs"]:
         print(f"  epoch {row['epoch']}: epoch {row['epoch_s']:.2f} s, checkpoint write + copy {row['checkpoint_s']:.3f} s")
-    print(f"checkpoint write + copy as a share of an epoch, one trial alone (median): "
+    print(f"checkpoint write + copy as a share of an epoch, one trial alone, one every epoch (median): "
           f"{100 * c['checkpoint_share_median']:.1f}%")
+    print(f"the same trial as a sweep runs it (checkpoint budget 5%): {c['budgeted_checkpoints']} checkpoint(s) in "
+          f"{len(c['budgeted_epochs'])} epochs, {100 * c['checkpoint_share_budgeted']:.1f}% of its time")
     print(f"demo sweep ({s['sweep_s']:.0f} s): peak {s['peak_storage_bytes'] / mb:.0f} MB under the storage path, "
           f"{s['left_storage_bytes'] / mb:.1f} MB and {s['left_checkpoints']} checkpoints left after it; "
           f"MLflow store {s['mlflow_bytes'] / mb:.0f} MB (the exported models)")

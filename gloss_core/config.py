@@ -29,7 +29,7 @@ BOUNDS = {
     "gamma": (0, 1, True), "sigma_scale": (0, None, False), "temperature": (0, None, False), "margin": (0, None, True),
     "lr": (0, None, True), "weight_decay": (0, None, True), "lr_milestone": (1, None, True), "lr_decay": (0, None, False),
     "warmup_ratio": (0, 1, True), "grad_clip": (0, None, False), "patience": (0, None, True), "probe_lr": (0, None, False),
-    "checkpoint_every": (0, None, True),
+    "checkpoint_every": (0, None, True), "checkpoint_budget": (0, 1, False),
 }
 
 
@@ -136,6 +136,9 @@ class TrainConfig:
     precision: str = option("auto", "auto (bf16 autocast on CUDA) | fp32 | bf16")
     timing: bool = option(True, "per-phase timing breakdown (syncs CUDA at phase boundaries)")
     checkpoint_every: int = option(1, "epochs between checkpoints handed to report (0: never)")
+    checkpoint_budget: float | None = option(None, "at most this share of training time on checkpoints: a due one "
+                                                   "is skipped while too little work is unsaved, and none is made "
+                                                   "at the last epoch (sweep trials: 0.05; None: every due epoch)")
     artifacts_dir: str | None = option(None, "write the test embeddings and one batch's adjacency per epoch here")
     save_model: str | None = option(None, "write the best epoch's model here: a Hugging Face folder with its head, "
                                           "label names and gloss_card.json")

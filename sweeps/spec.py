@@ -29,6 +29,7 @@ from sweeps.yaml_strict import MAX_SPEC_BYTES, SpecYAMLError, load_yaml, short
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
 DEFAULT_METRIC = {"integrated": "val_macro_f1", "standalone": "val_macro_silhouette"}
+SWEEP_CHECKPOINT_BUDGET = 0.05  # a trial spends at most 5% of its time on checkpoints (train: overrides)
 
 
 class SpecError(UserError, ValueError):
@@ -254,7 +255,8 @@ class SweepSpec(Strict):
             for mname, mopts in self.models.items():
                 for lname, variant in self.losses.items():
                     for seed in self.seeds:
-                        constants = {"epochs": self.asha.max_t, **self.train, **dopts, **mopts,
+                        constants = {"epochs": self.asha.max_t, "checkpoint_budget": SWEEP_CHECKPOINT_BUDGET,
+                                     **self.train, **dopts, **mopts,
                                      "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed}
                         out.append(Cell(self.name, f"{dname}__{mname}__{lname}__s{seed}", dname, mname, lname, seed,
                                         self.protocol, constants, variant.space))

@@ -141,6 +141,7 @@ def test_worker_node_removed_mid_sweep(tiny_model_dir, tmp_path, two_nodes):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = load_spec(spec_file(
         tmp_path, tiny_model_dir, "lose-node", uri, resources={"cpu": 1},
+        train={"batch_size": 16, "max_length": 16, "patience": 0, "timing": False, "checkpoint_budget": None},
         datasets={"synth": {"data": "synthetic", "synthetic_size": 400, "synthetic_noise": 0.2}},
         losses={"ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-4, 1e-3]}}}},
         search={"num_samples": 2, "max_concurrent": 2, "seed": 0}, asha={"max_t": 6, "grace_period": 6}))

@@ -364,3 +364,41 @@ def test_a_saved_model_gives_the_runs_test_predictions(tiny_model_dir, tmp_path,
     config_json = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config_json["id2label"] == {"0": "class0", "1": "class1"}
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_checkpoint_budget_bounds_the_time_spent_on_checkpoints(tiny_model_dir, monkeypatch):
+    import gloss_core.training.engine as engine
+    from gloss_core.training.build import build_run
+
+    monkeypatch.setitem(engine.CHECKPOINT_COST, "s_per_model_byte", 2e-9)
+    run = build_run(TrainConfig(model=tiny_model_dir, loss="ce", epochs=5, checkpoint_budget=0.05))
+    assert run.checkpoint_cost_s == pytest.approx(2e-9 * run.model_bytes)  # this process's measured cost
+    now = {"t": 100.0}
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now["t"])
+    run.epoch, run.unsaved_since, run.checkpoint_cost_s = 1, 100.0, 0.0
+    assert run._checkpoint_due({"last_epoch": False})  # free: always due
+    run.checkpoint_cost_s = 1.0  # a checkpoint costs 1 s: 19 s of unsaved work before the next
+    now["t"] = 110.0
+    assert not run._checkpoint_due({"last_epoch": False})
+    now["t"] = 119.5
+    assert run._checkpoint_due({"last_epoch": False})  # 1 / (19.5 + 1) < 5%
+    assert not run._checkpoint_due({"last_epoch": True})  # nothing left to resume after the last epoch
+    run.config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=5)  # no budget: every due epoch
+    assert run._checkpoint_due({"last_epoch": True})
+
+
+def test_a_budgeted_run_checkpoints_first_never_last_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
+    import gloss_core.training.engine as engine
+
+    monkeypatch.setitem(engine.CHECKPOINT_COST, "s_per_model_byte", 0.0)  # checkpoints cost nothing: every due one
+    folders = {}
+
+    def report(metrics, folder):
+        if folder is not None:
+            folders[metrics["epoch"]] = Path(folder, "state.pt").read_bytes()
+
+    config = TrainConfig(model=tiny_model_dir, loss="gloss", epochs=3, checkpoint_budget=0.05, batch_size=16)
+    full = train(config, report)
+    assert 1 in folders and 3 not in folders
+    (tmp_path / "state.pt").write_bytes(folders[1])
+    _same_run(full, train(config, resume_from=str(tmp_path)))

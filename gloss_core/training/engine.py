@@ -66,6 +66,11 @@ def embed(model, batches, device: torch.device, autocast: torch.dtype | None
     return torch.cat(logits), torch.cat(embeddings), torch.cat(labels)
 
 
+# seconds a checkpoint takes per byte of model weights: measured at each checkpoint of this process;
+# until then, a state of 3x the model written and copied once each at 1 GB/s
+CHECKPOINT_COST = {"s_per_model_byte": 3 * 2 / 1e9}
+
+
 class Run:
     """One run's model, data, loss, optimiser and state. Built by `build_run`; see its order."""
 
@@ -85,6 +90,11 @@ class Run:
         self.best = {"best_epoch": 0, "selection": -math.inf}
         self.best_state = None
         self.history: list[dict] = []
+        self.unsaved_since = time.perf_counter()  # when the work a crash would lose began
+        self.model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        # what the next checkpoint will take (write and hand-over): this process's last measured
+        # cost per model byte (a trial process serves many trials), else a prior estimate
+        self.checkpoint_cost_s = CHECKPOINT_COST["s_per_model_byte"] * self.model_bytes
 
     @property
     def sigma_value(self) -> float | None:
@@ -200,13 +210,32 @@ class Run:
             if report is not None:
                 self._report(report, metrics)
 
+    def _checkpoint_due(self, metrics: dict) -> bool:
+        """Every `checkpoint_every` epochs; with a `checkpoint_budget` b, only while the time spent
+        on checkpoints stays within b of the training time (the cost: the last checkpoint's in
+        this process, per model byte; before any, 1 GB/s), and never at the last epoch, after
+        which the run ends and nothing is left to resume."""
+        config = self.config
+        if not config.checkpoint_every or self.epoch % config.checkpoint_every:
+            return False
+        if config.checkpoint_budget is None:
+            return True
+        if metrics.get("last_epoch"):
+            return False
+        unsaved = time.perf_counter() - self.unsaved_since
+        return unsaved * config.checkpoint_budget >= self.checkpoint_cost_s * (1 - config.checkpoint_budget)
+
     def _report(self, report: Report, metrics: dict) -> None:
-        every = self.config.checkpoint_every
-        if every and self.epoch % every == 0:
+        if self._checkpoint_due(metrics):
             with tempfile.TemporaryDirectory(prefix="gloss-ckpt-", dir=self.scratch) as folder:
                 started = time.perf_counter()
                 save_checkpoint(folder, self.state())
-                report({**metrics, "checkpoint_write_s": time.perf_counter() - started}, folder)
+                written = time.perf_counter()
+                report({**metrics, "checkpoint_write_s": written - started}, folder)
+                done = time.perf_counter()
+            self.checkpoint_cost_s = done - started  # the write, and the report's hand-over of the folder
+            CHECKPOINT_COST["s_per_model_byte"] = self.checkpoint_cost_s / max(self.model_bytes, 1)
+            self.unsaved_since = done
         else:
             report(dict(metrics), None)
 
