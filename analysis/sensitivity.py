@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
 
-import numpy as np
 import pandas as pd
 
 from analysis.load import Runs, dedupe
 from analysis.stats import holm, paired_test
 from analysis.tables import block_labels, mean_std_n, scores
-from gloss_core.config import TrainConfig
+from gloss_core.spread import mean_std
+from sweeps.sensitivity import DEFAULTS
 from sweeps.spec import SweepSpec
 
 PARAMS = ("sigma", "sigma_scale", "lam", "gamma")
-DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 POINT_COLUMNS = ["sweep", "group", "param", "direction", "x", "centre_x", "seed", "value"]  # param "" = the centre
 
 
@@ -132,12 +130,6 @@ def points_frame(runs: Runs, metric: str) -> pd.DataFrame:
 
 
 # ---- what the figures and the table show ------------------------------------------------------------
-def _spread(values) -> tuple[float, float, int]:
-    values = np.asarray(list(values), dtype=float)
-    n = len(values)
-    return (float(values.mean()) if n else math.nan, float(values.std(ddof=1)) if n > 1 else math.nan, n)
-
-
 def tornado_bars(points: pd.DataFrame) -> dict[tuple[str, str], tuple[float, pd.DataFrame]]:
     """(sweep, group) -> (the centre's mean, one row per param: the lowest and highest value's mean,
     std and n; a side that was skipped is NaN), sorted by swing, largest first."""
@@ -152,11 +144,11 @@ def tornado_bars(points: pd.DataFrame) -> dict[tuple[str, str], tuple[float, pd.
             for side, pick in (("low", "min"), ("high", "max")):
                 own = mine[mine["direction"].str.startswith(side)]
                 x = own["x"].agg(pick) if len(own) else math.nan
-                mean, std, n = _spread(own.loc[own["x"] == x, "value"]) if len(own) else (math.nan, math.nan, 0)
-                row.update({f"{side}_x": x, f"{side}_mean": mean, f"{side}_std": std, f"{side}_n": n})
+                spread = mean_std(own.loc[own["x"] == x, "value"])
+                row.update({f"{side}_x": x, f"{side}_mean": spread.mean, f"{side}_std": spread.std, f"{side}_n": spread.n})
             rows.append(row)
         if rows:
-            centre_mean = _spread(centre["value"])[0]
+            centre_mean = mean_std(centre["value"]).mean
             bars = pd.DataFrame(rows)
             ends = bars[["low_mean", "high_mean"]].fillna(centre_mean)
             bars["swing"] = (ends["high_mean"] - ends["low_mean"]).abs()

@@ -79,10 +79,10 @@ def block_labels(frame: pd.DataFrame) -> pd.Series:
     return label
 
 
-def validation_scores(runs: Runs, protocol: str | None = None) -> pd.DataFrame:
+def validation_scores(runs: Runs) -> pd.DataFrame:
     """Each replicate run's validation selection metric at its best epoch (val_macro_f1, or
     val_macro_silhouette in the standalone protocol): what a variant may be chosen on."""
-    parts = [scores(runs, metric, proto) for proto, metric in DEFAULT_METRIC.items() if protocol in (None, proto)]
+    parts = [scores(runs, metric, proto) for proto, metric in DEFAULT_METRIC.items()]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=KEYS + ["value", "block"])
 

@@ -5,6 +5,7 @@ Each field carries its `gloss train --help` text in `metadata["help"]`.
 
 from __future__ import annotations
 
+import functools
 import math
 import reprlib
 import types
@@ -144,7 +145,7 @@ class TrainConfig:
                                           "label names and gloss_card.json")
 
     def __post_init__(self):
-        hints = typing.get_type_hints(TrainConfig)
+        hints = _hints()
         for f in fields(self):
             value = getattr(self, f.name)
             if not _fits(value, hints[f.name]):
@@ -190,3 +191,9 @@ class TrainConfig:
 
     def clip(self) -> float:
         return self.grad_clip if self.grad_clip is not None else (1.0 if self.protocol == "integrated" else 5.0)
+
+
+@functools.cache
+def _hints() -> dict:
+    """TrainConfig's resolved field types (evaluating them is most of a construction's cost)."""
+    return typing.get_type_hints(TrainConfig)

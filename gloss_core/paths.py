@@ -8,16 +8,18 @@ from pathlib import Path
 from gloss_core.errors import UserError
 
 
-def writable_folder(path: Path | str, what: str) -> None:
-    """`path` is, or can become, a folder this process can write to (nothing is created here)."""
+def writable_folder(path: Path | str, what: str, shown: Path | None = None) -> None:
+    """`path` is, or can become, a folder this process can write to (nothing is created here);
+    an error names `shown` (default: `path`), the value the user gave."""
     path = Path(path).expanduser()
+    shown = path if shown is None else shown
     probe = path
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"{what} {path}: {probe} is a file, not a folder")
+        raise UserError(f"{what} {shown}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: {probe} is not writable")
+        raise UserError(f"{what} {shown}: {probe} is not writable")
 
 
 def writable_file(path: Path | str, what: str) -> None:
@@ -25,7 +27,4 @@ def writable_file(path: Path | str, what: str) -> None:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{what} {path}: is a folder; give a file name")
-    try:
-        writable_folder(path.parent, what)
-    except UserError as err:
-        raise UserError(str(err).replace(f"{what} {path.parent}:", f"{what} {path}:", 1)) from None
+    writable_folder(path.parent, what, shown=path)

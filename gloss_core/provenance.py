@@ -53,6 +53,12 @@ def redact(text: str) -> str:
     return re.sub(r"(://[^/:@\s]+):[^@/\s]+@", r"\1:***@", str(text))
 
 
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///FILE` tracking URI (relative, or absolute with four
+    slashes); None for any other store."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 def quiet_mlflow() -> None:
     """No artifact-download progress bars, no "View run ... at URL" line per finished run (an
     `mlflow server` store prints one for each), and no INFO lines from MLflow on the console (the

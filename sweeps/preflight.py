@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from gloss_core.errors import UserError
 from gloss_core.paths import writable_folder
-from gloss_core.provenance import redact
+from gloss_core.provenance import redact, sqlite_database
 
 
 class PreflightError(UserError):
@@ -42,10 +42,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path:
+        db = sqlite_database(uri)
+        if db is None or not str(db):
             raise PreflightError(f"tracking URI {uri!r}: give sqlite:///relative/path.db or sqlite:////abs/path.db")
-        db = Path(path if uri.startswith("sqlite:////") else path)
         if db.is_dir():
             raise PreflightError(f"tracking URI {uri!r}: {db} is a folder, not a database file")
         writable_folder(db.parent, f"tracking URI {uri!r}: the database folder")

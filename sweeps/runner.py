@@ -35,10 +35,10 @@ from gloss_core.errors import UserError
 from gloss_core.provenance import default_tracking_uri, redact
 from gloss_core.spread import mean_std
 from serving.registry import delete_registered, quiet_mlflow, register
-from sweeps.record import summary_run
-from sweeps.resilience import RetryingClient
 from sweeps import preflight
 from sweeps.cells import CellASHA, CellSearcher
+from sweeps.record import summary_run
+from sweeps.resilience import RetryingClient
 from sweeps.sensitivity import Point, describe, points, tags
 from sweeps.spec import Cell, SpaceSampler, SweepSpec
 from sweeps.storage import SweepStorage
@@ -117,6 +117,11 @@ def _can_restore(storage: SweepStorage, phase: str) -> bool:
 def _replicates_finished(results: tune.ResultGrid) -> bool:
     """Every replicate trial failed or sent its closing test report."""
     return all(result.error is not None or result.metrics.get("final") for result in results)
+
+
+def _by_seed(finals: list[dict], key: str) -> dict[int, float]:
+    """Training seed -> `key` of closing test reports (for pairing a point with its centre)."""
+    return {r["config"]["seed"]: r[key] for r in finals if key in r and "config" in r}
 
 
 def _trial_ids(results: tune.ResultGrid) -> set[str]:
@@ -447,7 +452,6 @@ class SweepRunner:
                 "tracking_uri": self.uri, "optuna": search.optuna, "sensitivity": sensitivity.finals,
                 "sensitivity_points": [p.name for p in sensitivity.points]}
 
-
     @staticmethod
     def sensitivity_table(replicate: ReplicateOutcome, sensitivity: SensitivityOutcome) -> tuple[Table | None, list[dict]]:
         """Each point's test macro-F1 beside its centre (the replicate runs), paired over seeds."""
@@ -458,10 +462,8 @@ class SweepRunner:
             table.add_column(column)
         rows = []
         for point in sensitivity.points:
-            centre = {r["config"]["seed"]: r["test_macro_f1"] for r in replicate.finals.get(point.cell, [])
-                      if "test_macro_f1" in r and "config" in r}
-            mine = {r["config"]["seed"]: r["test_macro_f1"] for r in sensitivity.finals.get(point.name, [])
-                    if "test_macro_f1" in r and "config" in r}
+            centre = _by_seed(replicate.finals.get(point.cell, []), "test_macro_f1")
+            mine = _by_seed(sensitivity.finals.get(point.name, []), "test_macro_f1")
             spread = mean_std(mine.values())
             delta = mean_std(mine[s] - centre[s] for s in mine if s in centre)
             row = {"point": point.name, "cell": point.cell, "param": point.param, "direction": point.direction,

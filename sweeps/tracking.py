@@ -21,7 +21,6 @@ import os
 import re
 import tempfile
 import time
-from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -30,6 +29,7 @@ from ray.tune import Callback
 from ray.tune.logger import LoggerCallback
 from rich.console import Console
 
+from gloss_core.provenance import sqlite_database
 from serving.registry import log_exported_model
 from sweeps.cleanup import TrialCleanup
 from sweeps.resilience import MetricWrite, WriteQueue
@@ -43,10 +43,8 @@ INTERNAL = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp
 def artifact_location(tracking_uri: str, name: str) -> str | None:
     """A SQLite store keeps its experiments' artifacts beside its database file (`mlartifacts/NAME`),
     not in whatever folder the command ran from; other stores choose their own."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
-    return str(database.resolve().parent / "mlartifacts" / name)
+    database = sqlite_database(tracking_uri)
+    return None if database is None else str(database.resolve().parent / "mlartifacts" / name)
 
 
 def experiment_id(client: MlflowClient, name: str, tracking_uri: str = "") -> str:
@@ -257,25 +255,22 @@ class MLflowTrialLogger(LoggerCallback):
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "ended", "running")
             return
+        found = []
         if trial_id in self.create_attempted:  # a retry: the store may have made the run before it failed
             found = self.client.search_runs([self.experiment], f"tags.trial_id = '{trial_id}' and tags.phase = "
                                             f"'{self.phase}' and tags.kind = 'trial'", max_results=1)
-            if found:
-                self.runs[trial_id] = found[0].info.run_id
-                self._log_params(found[0].info.run_id, values)
-                return
-        tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial_id,
-                "phase": self.phase, "kind": "trial", "ended": "running", MLFLOW_PARENT_RUN_ID: self.parents[cell.name],
-                MLFLOW_RUN_NAME: f"{cell.name}/{trial_id}"}
-        self.create_attempted.add(trial_id)
-        run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
-        self._log_params(run_id, values)
-        self.runs[trial_id] = run_id
-
-    def _log_params(self, run_id: str, values: dict) -> None:
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial_id,
+                    "phase": self.phase, "kind": "trial", "ended": "running",
+                    MLFLOW_PARENT_RUN_ID: self.parents[cell.name], MLFLOW_RUN_NAME: f"{cell.name}/{trial_id}"}
+            self.create_attempted.add(trial_id)
+            run_id = self.client.create_run(self.experiment, tags=tags).info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in sorted(values.items())]  # the same values again: idempotent
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start:start + 100])
+        self.runs[trial_id] = run_id
 
     def _end(self, trial_id: str, ended: str, error: str | None, last: dict, curve: list,
              conditions: dict[str, str] | None = None) -> None:

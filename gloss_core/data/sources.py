@@ -59,14 +59,15 @@ def _header(path: Path) -> list[str]:
     return first
 
 
-def _bad_utf8_line(path: Path) -> tuple[int, str]:
+def _not_utf8(path: Path) -> DataError:
+    """The error naming the first line of `path` that is not UTF-8."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
-                return number, err.reason
-    return 0, "unknown"
+                return DataError(f"{path}, line {number}: undecodable bytes, the file is not valid UTF-8 ({err.reason})")
+    return DataError(f"{path}: undecodable bytes, the file is not valid UTF-8")
 
 
 def _read_csv(path: Path) -> RawSplit:
@@ -79,8 +80,7 @@ def _read_csv(path: Path) -> RawSplit:
     try:
         header = _header(path)
     except UnicodeDecodeError:
-        line, reason = _bad_utf8_line(path)
-        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({reason})") from None
+        raise _not_utf8(path) from None
     missing = {"text", "label"} - set(header)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {header}")
@@ -95,8 +95,7 @@ def _read_csv(path: Path) -> RawSplit:
             if has_pair:
                 pairs += chunk["text_pair"].tolist()
     except UnicodeDecodeError:
-        line, reason = _bad_utf8_line(path)
-        raise DataError(f"{path}, line {line}: undecodable bytes, the file is not valid UTF-8 ({reason})") from None
+        raise _not_utf8(path) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(f"{path}: not a valid CSV ({' '.join(str(err).split())[:300]})") from None
     return RawSplit(str(path), texts, labels, pairs if has_pair else None, list(range(2, len(texts) + 2)))

@@ -81,7 +81,8 @@ class Run:
         self.best_weights = best_weights  # where the best epoch's weights wait once it is not the current one
         self.stored_best_epoch = 0  # the epoch whose weights that file holds
         self.probe_head = None  # standalone: the linear probe, the head an exported model carries
-        self.scratch = checkpoint_scratch(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+        self.model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        self.scratch = checkpoint_scratch(self.model_bytes)
         self.standalone = config.protocol == "standalone"
         self.timer = PhaseTimer(device, enabled=config.timing)
         if isinstance(loss_fn.aux_loss, GLoss):
@@ -91,7 +92,6 @@ class Run:
         self.best_state = None
         self.history: list[dict] = []
         self.unsaved_since = time.perf_counter()  # when the work a crash would lose began
-        self.model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         # what the next checkpoint will take (write and hand-over): this process's last measured
         # cost per model byte (a trial process serves many trials), else a prior estimate
         self.checkpoint_cost_s = CHECKPOINT_COST["s_per_model_byte"] * self.model_bytes
