@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,25 +56,36 @@ def trial_runs(uri: str, name: str, phase: str):
 
 
 def interrupt_when(spec_path: Path, cwd: Path, uri: str, name: str, phase: str, completed: int, sig=signal.SIGINT):
-    """Start `gloss sweep run SPEC`, wait until `completed` trials of `phase` have completed (others
-    in flight), send `sig`; returns the process (ended) and its output."""
+    """Start `gloss sweep run SPEC`, send `sig` the moment its console reports the `completed`-th
+    completed trial of `phase` (others in flight); returns the process (ended) and its output.
+
+    The console line comes from the driver as the trial ends, so the signal cannot miss the phase
+    the way polling MLflow, which the background writer fills in batches, could on a fast machine."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([GLOSS, "sweep", "run", str(spec_path), "--num-cpus", "2"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 400
-    while time.time() < deadline:
-        time.sleep(2)
-        try:
-            _, _, runs = trial_runs(uri, name, phase)
-        except Exception:  # noqa: BLE001 - the experiment may not exist yet
-            continue
-        if sum(r.data.tags.get("ended") == "completed" for r in runs) >= completed:
-            break
-    else:
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    lines: list[str] = []
+    reached = threading.Event()
+    done_line = re.compile(rf"^\[{phase} \d+/\d+\] .*: completed after ")
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            if sum(bool(done_line.match(seen)) for seen in lines) >= completed:
+                reached.set()
+        reached.set()  # the process ended first; the caller sees it below
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not reached.wait(timeout=400) or proc.poll() is not None:
         proc.kill()
-        pytest.fail("the sweep did not get going: " + proc.communicate()[0].decode()[-3000:])
+        reader.join(timeout=30)
+        pytest.fail(f"the sweep did not reach {completed} completed {phase} trial(s) while running: "
+                    + "".join(lines)[-3000:])
     os.kill(proc.pid, sig)
-    return proc, proc.communicate(timeout=180)[0].decode()
+    proc.wait(timeout=180)
+    reader.join(timeout=30)
+    return proc, "".join(lines)
 
 
 def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
@@ -400,7 +412,7 @@ def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_serv
     work.mkdir()
     spec_path = write_spec(specs, tiny_model, name, replicate=None, storage_path="s3://gloss-sweeps/sweeps",
                            datasets={"synth": {"data": "synthetic", "synthetic_size": 200}},
-                           search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
+                           search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                            asha={"max_t": 5, "grace_period": 5, "reduction_factor": 2})
     uri = f"sqlite:///{specs / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -414,7 +426,7 @@ def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_serv
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, exp, runs = trial_runs(uri, name, "search")
     ids = [r.data.tags["trial_id"] for r in runs]
-    assert len(ids) == len(set(ids)) == 2 * 2
+    assert len(ids) == len(set(ids)) == 2 * 3
     assert all(r.info.status == "FINISHED" and r.data.tags["ended"] == "completed" for r in runs)
     assert not [r for r in client.search_runs([exp.experiment_id], "", max_results=1000) if r.info.status == "RUNNING"]
     assert not list(work.iterdir()), list(work.iterdir())  # nothing written where the command ran
