@@ -85,8 +85,7 @@ def predict(
     os.replace(tmp.name, output)
     console.print(f"{len(result)} predictions written to {output}")
     if "label" in frame.columns:
-        from sklearn.metrics import accuracy_score, f1_score
+        from gloss_core.training.metrics import accuracy_and_macro_f1
 
-        accuracy = accuracy_score(frame["label"], result["prediction"])
-        macro_f1 = f1_score(frame["label"], result["prediction"], average="macro")
-        console.print(f"accuracy {accuracy:.4f}  macro-F1 {macro_f1:.4f}  (n = {len(frame)})")
+        scores = accuracy_and_macro_f1(frame["label"].to_numpy(), result["prediction"].to_numpy())
+        console.print(f"accuracy {scores['accuracy']:.4f}  macro-F1 {scores['macro_f1']:.4f}  (n = {len(frame)})")

@@ -184,6 +184,47 @@ def test_hf_source_through_the_config(tiny_model_dir, tmp_path):
     assert 0.0 <= result["test_macro_f1"] <= 1.0
 
 
+def test_classification_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from gloss_core.training.metrics import accuracy_and_macro_f1, classification_metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 5, 300))
+    pred[pred == 3] = 0  # class 3 never predicted; class 4 predicted, never true
+    got = accuracy_and_macro_f1(y, pred)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-15)
+    assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0), abs=1e-15)
+    names, guessed = np.array(["pos", "neg", "neu"])[y % 3], np.array(["pos", "neg", "neu"])[pred % 3]
+    assert accuracy_and_macro_f1(names, guessed)["macro_f1"] == pytest.approx(
+        f1_score(names, guessed, average="macro"), abs=1e-15)
+    logits = torch.nn.functional.one_hot(torch.as_tensor(pred), 5).double()
+    assert classification_metrics(logits, torch.as_tensor(y)) == got
+    with pytest.raises(ValueError, match="one length"):
+        accuracy_and_macro_f1(y, pred[:-1])
+
+
+def test_silhouette_samples_match_sklearn_across_row_blocks(monkeypatch):
+    from sklearn.metrics import silhouette_samples as sklearn_silhouette_samples
+
+    from gloss_core.training import metrics
+
+    monkeypatch.setattr(metrics, "SILHOUETTE_ROWS", 7)  # 60 rows in 9 blocks, the last one short
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (60,), generator=g)
+    labels[-1] = 9  # a singleton class: 0
+    points[10:15] = points[10]  # duplicates: zero distances inside a block and across blocks
+    labels[10:15] = 2
+    got = metrics.silhouette_samples(points, labels).numpy()
+    np.testing.assert_allclose(got, sklearn_silhouette_samples(points.numpy(), labels.numpy()), rtol=1e-10,
+                               atol=1e-13)
+    assert got[-1] == 0.0
+    same = torch.zeros(4, 3, dtype=torch.float64)  # a = b = 0 everywhere: 0, as scikit-learn gives
+    assert metrics.silhouette_samples(same, torch.tensor([0, 0, 1, 1])).tolist() == [0.0] * 4
+
+
 def test_silhouettes_match_oracle():
     import oracles
     from gloss_core.training.metrics import silhouettes
