@@ -55,7 +55,7 @@ def trial_runs(uri: str, name: str, phase: str):
                                            max_results=1000)
 
 
-def interrupt_when(spec_path: Path, cwd: Path, uri: str, name: str, phase: str, completed: int, sig=signal.SIGINT):
+def interrupt_when(spec_path: Path, cwd: Path, phase: str, completed: int, sig=signal.SIGINT):
     """Start `gloss sweep run SPEC`, send `sig` the moment its console reports the `completed`-th
     completed trial of `phase` (others in flight); returns the process (ended) and its output.
 
@@ -69,9 +69,11 @@ def interrupt_when(spec_path: Path, cwd: Path, uri: str, name: str, phase: str, 
     done_line = re.compile(rf"^\[{phase} \d+/\d+\] .*: completed after ")
 
     def read():
+        seen = 0
         for line in proc.stdout:
             lines.append(line)
-            if sum(bool(done_line.match(seen)) for seen in lines) >= completed:
+            seen += bool(done_line.match(line))
+            if seen >= completed:
                 reached.set()
         reached.set()  # the process ended first; the caller sees it below
 
@@ -206,7 +208,7 @@ def test_interrupt_and_resume_keeps_every_trial_once(tiny_model, tmp_path, sig):
                            asha={"max_t": 8, "grace_period": 8, "reduction_factor": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc, output = interrupt_when(spec_path, tmp_path, uri, name, "search", 2, sig)
+    proc, output = interrupt_when(spec_path, tmp_path, "search", 2, sig)
     if sig == signal.SIGINT:
         assert proc.returncode == 130, output[-3000:]
         assert "--resume" in output
@@ -416,7 +418,7 @@ def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_serv
                            asha={"max_t": 5, "grace_period": 5, "reduction_factor": 2})
     uri = f"sqlite:///{specs / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc, output = interrupt_when(spec_path, work, uri, name, "search", 1)
+    proc, output = interrupt_when(spec_path, work, "search", 1)
     assert proc.returncode == 130, output[-3000:]
     listed = s3_server.get_file_info(pyarrow_selector("gloss-sweeps/sweeps/on-s3"))
     assert {info.base_name for info in listed} >= {"search"}  # the sweep's state is on S3
@@ -454,7 +456,7 @@ def test_sensitivity_phase_runs_resumes_and_reports(tiny_model, tmp_path):
         sensitivity={"losses": ["gloss"], "params": {"gamma": [-0.2, 0.2], "sigma_scale": [0.5, 2.0], "lam": [0.2]}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc, output = interrupt_when(spec_path, tmp_path, uri, name, "sensitivity", 1)
+    proc, output = interrupt_when(spec_path, tmp_path, "sensitivity", 1)
     assert proc.returncode == 130 and "--resume" in output, output[-3000:]  # interrupted in the sensitivity phase
     assert "lam = 0.9 + 0.2 = 1.1 lies outside its range; skipped" in output, output[-3000:]
     replicate_before = {r.data.tags["trial_id"] for r in trial_runs(uri, name, "replicate")[2]}

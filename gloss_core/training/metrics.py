@@ -44,8 +44,12 @@ def silhouette_samples(points: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     another class. Members of a singleton class get 0, as in scikit-learn. The distance matrix is
     built `SILHOUETTE_ROWS` rows at a time, each row's distance to itself set to exactly 0.
     """
-    x = points.detach().to(device="cpu", dtype=torch.float64)
     _, inverse, counts = torch.unique(labels.cpu(), return_inverse=True, return_counts=True)
+    return _silhouette_samples(points.detach().to(device="cpu", dtype=torch.float64), inverse, counts)
+
+
+def _silhouette_samples(x: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """`silhouette_samples` on float64 CPU points, given each point's class index and the class sizes."""
     members = torch.nn.functional.one_hot(inverse, len(counts)).double()  # n x C
     s = torch.empty(len(x), dtype=torch.float64)
     for start in range(0, len(x), SILHOUETTE_ROWS):
@@ -75,6 +79,6 @@ def silhouettes(embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     if len(classes) < 2 or int((counts >= 2).sum()) < 2:
         return {"macro_silhouette": float("nan"), "micro_silhouette": float("nan")}
     unit = torch.nn.functional.normalize(embeddings.detach().double().cpu(), dim=1)
-    s = silhouette_samples(unit, y)
+    s = _silhouette_samples(unit, inverse, counts)
     class_means = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, s) / counts
     return {"macro_silhouette": float(class_means[counts >= 2].mean()), "micro_silhouette": float(s.mean())}
