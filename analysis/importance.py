@@ -2,7 +2,8 @@
 
 Each cell's Optuna study is rebuilt from its MLflow search runs. Only trials that ran the full
 budget count ("completed", not stopped by ASHA): a truncated trial's metric is not comparable.
-A trial's value is its last reported metric, the value Optuna itself recorded.
+A trial's value is its score (`gloss_core.report`: the sweep's metric at the trial's best epoch), the
+value Optuna itself was told.
 TPE samples the promising region more densely, so the importances describe the explored region,
 not the whole space. This is the global counterpart of the one-at-a-time tornado.
 """
@@ -17,6 +18,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 import pandas as pd
 
 from analysis.load import Runs
+from gloss_core.report import SCORE
 
 
 def inside(dist, value) -> bool:
@@ -35,7 +37,6 @@ def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.Data
     for name, sweep in runs.sweeps.items():
         if sweep.spec is None:
             continue
-        metric = sweep.spec.metric
         direction = "maximize" if sweep.spec.mode == "max" else "minimize"
         for method, variant in sweep.spec.losses.items():
             space = {k: dist.to_optuna() for k, dist in variant.space.items()}
@@ -45,7 +46,7 @@ def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.Data
             for cell, part in mine.groupby("cell"):
                 trials = []
                 for _, run in part.iterrows():
-                    value = run.get(f"metrics.{metric}")
+                    value = run.get(f"metrics.{SCORE}")
                     params = {k: run.get(f"params.{k}") for k in space}
                     if value is None or not math.isfinite(value) or any(v is None for v in params.values()):
                         continue

@@ -19,6 +19,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from gloss_core.provenance import redact
+from gloss_core.report import EPOCHS_RUN
 from sweeps.record import SweepRecord, read_record
 
 ID_COLUMNS = ["sweep", "protocol", "phase", "method", "loss", "dataset", "model", "seed", "cell", "trial_id",
@@ -116,7 +117,7 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
             for key, value in run.data.metrics.items():
                 tidy.append({**ids, "metric": key, "value": value, "epoch": math.nan})
             if history is not None and ids["phase"] in history:
-                last = run.data.metrics.get("epochs_run")
+                last = run.data.metrics.get(EPOCHS_RUN)
                 for key in run.data.metrics:
                     if not key.startswith(HISTORY_PREFIXES):
                         continue

@@ -1,4 +1,11 @@
-"""Significance tests with their small-sample limits said out loud (Demsar 2006; scipy.stats).
+"""Significance tests with their small-sample limits said out loud (Demsar 2006).
+
+The tests are scipy.stats's (`ttest_rel` and its confidence interval, `wilcoxon`,
+`friedmanchisquare`, `studentized_range`, `bootstrap`). This module decides when each may run,
+what an undefined result is, and says why; by hand are only what no library in the dependencies
+computes (Cohen's d_z, P(A > B), the smallest p an exact Wilcoxon test can reach, the
+Iman-Davenport correction, the best p Friedman's test can reach) and Holm's correction, whose
+statsmodels version is slow to call (see `holm`; the tests compare the two).
 
 - Per dataset: a paired t-test over matched seeds, Cohen's d_z, the t-interval of the mean
   difference, P(A > B) over pairs, and the Wilcoxon signed-rank test when n >= 6 (below that its
@@ -17,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +42,8 @@ def stars(p: float | None) -> str:
 
 
 def min_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided p an exact Wilcoxon signed-rank test can give with n untied pairs."""
+    """The smallest two-sided p an exact Wilcoxon signed-rank test can give with n untied pairs
+    (every difference of one sign: 2 / 2^n). By hand: scipy gives a test's p, not the bound."""
     return min(1.0, 2.0 ** (1 - n))
 
 
@@ -55,7 +64,12 @@ class Paired:
 
 
 def paired_test(a, b, alpha: float = ALPHA, confidence: float = 0.95) -> Paired:
-    """Paired comparison of matched measurements `a` and `b` (same seeds, same order)."""
+    """Paired comparison of matched measurements `a` and `b` (same seeds, same order).
+
+    t, p and the t-interval of the mean difference are scipy's `ttest_rel`; the Wilcoxon p is
+    scipy's `wilcoxon`. By hand (no library gives them): d_z = mean / sd of the differences, and
+    P(A > B) with ties counted half. Fewer than 2 pairs: no test; differences all equal: t and d_z
+    undefined, the interval collapses to the difference; NaN values give NaN results."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired samples need equal 1-D shapes, got {a.shape} and {b.shape}")
@@ -75,9 +89,10 @@ def paired_test(a, b, alpha: float = ALPHA, confidence: float = 0.95) -> Paired:
         low = high = diff
         notes.append("every pair differs by the same amount: t and d_z are undefined")
     else:
-        t, p = (float(v) for v in stats.ttest_rel(a, b))
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-        low, high, dz = diff - half, diff + half, diff / sd
+        result = stats.ttest_rel(a, b)
+        t, p = float(result.statistic), float(result.pvalue)
+        interval = result.confidence_interval(confidence)
+        low, high, dz = float(interval.low), float(interval.high), diff / sd
     wilcoxon_p = None
     if n >= 6:
         rounded = np.round(d, 12)  # float round-off must not break ties (scipy docs)
@@ -90,7 +105,12 @@ def paired_test(a, b, alpha: float = ALPHA, confidence: float = 0.95) -> Paired:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count)."""
+    """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count).
+
+    By hand on purpose: statsmodels' `multipletests(p, method="holm")` gives the same numbers (the
+    tests check it) but runs `gc.collect()` on every call (statsmodels 0.14-0.15), about 20 ms
+    each beside the report's MLflow and pandas objects; a report makes hundreds of these calls,
+    and the test store's three reports took 37 s with it instead of 20 s."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     valid = np.flatnonzero(np.isfinite(p))
@@ -124,7 +144,12 @@ def nemenyi_q(k: int, alpha: float = ALPHA) -> float:
 
 def friedman_nemenyi(scores: pd.DataFrame, higher_is_better: bool = True, alpha: float = ALPHA) -> RankTest:
     """Friedman's test and Nemenyi's critical difference over blocks (rows: datasets, each a mean
-    over seeds) and methods (columns)."""
+    over seeds) and methods (columns).
+
+    Ranks, chi-square and p are scipy's (`rankdata`, `friedmanchisquare`), q_alpha is scipy's
+    studentized range. By hand, as no library in the dependencies has them: the Iman-Davenport F
+    correction (Demsar 2006, eq. 2, on scipy's F distribution), the best p Friedman's test can
+    reach with N blocks (identical rankings everywhere, chi-square = N(k-1)) and the CD formula."""
     scores = scores.dropna()
     n, k = scores.shape
     if k < 2 or n < 1:
@@ -161,13 +186,28 @@ def stratified_bootstrap_ci(scores: dict[str, np.ndarray], confidence: float = 0
     """Percentile bootstrap: (point, low, high) of the mean over datasets of the per-dataset mean over
     seeds; seeds resampled within each dataset (rliable's stratified bootstrap). `scores`: dataset ->
     values over seeds; one dataset gives the plain percentile bootstrap of the mean. With 3-5 seeds
-    the interval is too narrow (percentile bootstraps undercover at small n)."""
-    rng = np.random.default_rng(seed)
+    the interval is too narrow (percentile bootstraps undercover at small n).
+
+    scipy's `bootstrap` with one sample per dataset (`paired=False` resamples each within itself)
+    and the mean of their means as the statistic. A dataset with a single seed is the same in
+    every resample: scipy refuses such a sample, so it enters the statistic as its value; with
+    only such datasets the interval is the point. NaN values give a NaN interval."""
     arrays = [np.asarray(v, dtype=float) for v in scores.values()]
     point = float(np.mean([a.mean() for a in arrays]))
-    boot = np.zeros(reps)
-    for a in arrays:
-        boot += a[rng.integers(0, len(a), size=(reps, len(a)))].mean(axis=1)
-    boot /= len(arrays)
-    tail = (1 - confidence) / 2
-    return point, float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail))
+    varying = [a for a in arrays if len(a) > 1]
+
+    def mean_of_means(*resampled, axis=-1):
+        draws = iter(resampled)
+        total = 0.0
+        for a in arrays:  # in the datasets' order, so the sum is the same whichever are constant
+            total = total + (next(draws).mean(axis=axis) if len(a) > 1 else a[0])
+        return total / len(arrays)
+
+    if not varying:
+        value = float(mean_of_means())
+        return point, value, value
+    with warnings.catch_warnings():  # NaN values: scipy warns of a degenerate BCa interval, not ours
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        interval = stats.bootstrap(varying, mean_of_means, n_resamples=reps, confidence_level=confidence,
+                                   method="percentile", vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+    return point, float(interval.low), float(interval.high)

@@ -3,12 +3,13 @@
 Usage:
     .venv/bin/python bench/losses.py                 # CPU (and CUDA when present), full grid
     .venv/bin/python bench/losses.py --quick         # n in {32, 128}, d = 384, fewer repeats
+    .venv/bin/python bench/losses.py --smoke         # seconds: tiny sizes, tiny encoder, 1 repeat
     .venv/bin/python bench/losses.py --json out.json
 
 Times are medians of `--repeats` runs after one warm-up. The MiniLM step (bundled
 all-MiniLM-L6-v2, batch 128, every text padded to 128 tokens, CE head, AdamW) and the G-Loss
 forward+backward on that step's embeddings are timed interleaved, in the same process, so the
-ratio is measured side by side.
+ratio is measured side by side. The two tables of docs/benchmarks.md are printed at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchkit import SMOKE_HELP, markdown_table, ms, tiny_model_folder
 from gloss_core.losses import (
     BatchAllTripletLoss,
     CombinedLoss,
@@ -95,12 +98,12 @@ def mr_texts(count):
     return [f"synthetic sentence number {i} about a film" for i in range(count)]
 
 
-def bench_step_ratio(device, repeats, batch=128, max_length=128):
-    tokenizer = load_tokenizer("minilm")
+def bench_step_ratio(device, repeats, batch=128, max_length=128, encoder="minilm", label="MiniLM"):
+    tokenizer = load_tokenizer(encoder)
     texts = mr_texts(batch)
     num_classes = 2
     torch.manual_seed(0)
-    model = TextClassifier.from_pretrained("minilm", num_classes).to(device)
+    model = TextClassifier.from_pretrained(encoder, num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
     labels = (torch.arange(batch) % num_classes).to(device)
     ce = CombinedLoss(None)
@@ -133,27 +136,60 @@ def bench_step_ratio(device, repeats, batch=128, max_length=128):
         tokens = int(enc["attention_mask"].shape[1])
         results[padding] = {"tokens": tokens, "step_ms": 1e3 * step, "gloss_ms": 1e3 * g, "ratio": g / step}
         print(
-            f"{device.type:5s} MiniLM step (batch {batch}, padded to {tokens} tokens): {1e3 * step:8.1f} ms; "
+            f"{device.type:5s} {label} step (batch {batch}, padded to {tokens} tokens): {1e3 * step:8.1f} ms; "
             f"G-Loss fwd+bwd {1e3 * g:6.2f} ms = {100 * g / step:.3f}% of the step",
             flush=True,
         )
     return results
 
 
+def losses_table(rows: list[dict]) -> str:
+    """The loss table of docs/benchmarks.md: a row per loss, a column per (d, n), forward+backward in ms."""
+    shapes = list(dict.fromkeys((r["d"], r["n"]) for r in rows))
+    cells = {(r["loss"], r["d"], r["n"]): r["ms"] for r in rows}
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    return markdown_table(["loss", *[f"n={n}, d={d}" for d, n in shapes]],
+                          [[loss, *[ms(cells[(loss, d, n)]) for d, n in shapes]] for loss in losses],
+                          numeric=set(range(1, len(shapes) + 1)))
+
+
+def step_table(results: dict, encoder_label: str) -> str:
+    """The table of G-Loss's share (docs/benchmarks.md) of a training step, one row per padding."""
+    labels = {"max_length": "every text to {} (as asked)", "longest": "to the batch's longest (MR texts)"}
+    rows = [[labels[padding].format(r["tokens"]), str(r["tokens"]), f"{r['step_ms']:.0f}", f"{r['gloss_ms']:.2f}", f"{100 * r['ratio']:.3f}%"]
+            for padding, r in results.items()]
+    return markdown_table(["padding", "tokens", f"{encoder_label} step (ms)", "G-Loss fwd+bwd (ms)", "G-Loss / step"],
+                          rows, numeric={1, 2, 3, 4})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    sizes, dims = ([32, 128], [384]) if args.quick else ([32, 128, 512], [384, 768, 1024])
-    repeats = args.repeats or (2 if args.quick else 5)
+    if args.smoke:
+        sizes, dims, repeats = [8, 16], [16], 1
+    else:
+        sizes, dims = ([32, 128], [384]) if args.quick else ([32, 128, 512], [384, 768, 1024])
+        repeats = args.repeats or (2 if args.quick else 5)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     report = {"losses": [], "step_ratio": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        # --smoke: the tests' tiny encoder, a batch of 8 texts of at most 16 tokens, one repeat
+        encoder, label, step = ((tiny_model_folder(Path(tmp) / "tiny"), "tiny BERT", {"batch": 8, "max_length": 16})
+                                if args.smoke else ("minilm", "MiniLM", {}))
+        for device in devices:
+            report["losses"] += bench_losses(device, sizes, dims, repeats)
+            report["step_ratio"][device.type] = bench_step_ratio(device, repeats if args.smoke else max(3, repeats),
+                                                                 encoder=encoder, label=label, **step)
     for device in devices:
-        report["losses"] += bench_losses(device, sizes, dims, repeats)
-        report["step_ratio"][device.type] = bench_step_ratio(device, max(3, repeats))
+        print(f"\n{device.type}: forward+backward (ms), median of {repeats}")
+        print(losses_table([r for r in report["losses"] if r["device"] == device.type]))
+        print(f"\n{device.type}: G-Loss's share of a training step ({label})")
+        print(step_table(report["step_ratio"][device.type], label))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python bench/sweep_overhead.py                 # overhead: 8 short trials
     .venv/bin/python bench/sweep_overhead.py --asha          # also: demo.yaml with and without ASHA
+    .venv/bin/python bench/sweep_overhead.py --smoke --asha  # seconds: 1 and 2 trials; a 2-trial, 2-epoch demo
 
 Overhead: N and 2N short trials (a tiny random-initialised BERT, 1 epoch on 48 synthetic texts)
 run (a) through `run_sweep` (local Ray, OptunaSearch, ASHA, MLflow logging, checkpoints), one at
@@ -12,7 +13,10 @@ summary) is reported apart. Ray itself is started once, outside both.
 
 ASHA saving: demo.yaml's search phase as shipped, and the same search with ASHA's grace period set
 to max_t (every trial runs the full budget), on the same TPE seed: epochs spent and best validation
-macro-F1 found.
+macro-F1 found. The table of docs/benchmarks.md is printed at the end.
+
+--smoke: the overhead with 1 and 2 trials, and (with --asha) demo.yaml with the tests' tiny encoder,
+one trial per cell and 2 epochs (max_t), on 32 synthetic texts.
 """
 
 from __future__ import annotations
@@ -23,20 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import sys
-
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchkit import SMOKE_HELP, markdown_table, smoke_demo, tiny_model_folder
 from gloss_core.config import TrainConfig
-from gloss_core.models import load_tokenizer
 from gloss_core.train import train
 from sweeps.runner import run_sweep
 from sweeps.spec import load_spec
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_models import tiny_bert  # noqa: E402 - the tests' tiny encoder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {"batch_size": 16, "max_length": 16, "patience": 0, "timing": False, "epochs": 1}
@@ -45,9 +44,7 @@ TRAIN = {"batch_size": 16, "max_length": 16, "patience": 0, "timing": False, "ep
 def overhead(n: int, folder: Path) -> dict:
     """Per-trial overhead as a slope: (sweep - loop) at 2N trials minus the same at N trials, over N,
     so the fixed costs of a sweep (Ray and Tune start-up, MLflow set-up, the summary) cancel out."""
-    model = folder / "tiny"
-    tiny_bert().save_pretrained(model)
-    load_tokenizer("minilm").save_pretrained(model)
+    model = Path(tiny_model_folder(folder / "tiny"))
     ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
     small, large = one_size(n, folder, model, "a"), one_size(2 * n, folder, model, "b")
     ray.shutdown()
@@ -80,12 +77,15 @@ def one_size(n: int, folder: Path, model: Path, tag: str) -> dict:
     return {"trials": n, "plain_loop_s": loop_s, "sweep_s": time.perf_counter() - start}
 
 
-def asha_saving(folder: Path) -> dict:
+def asha_saving(folder: Path, smoke: bool = False) -> dict:
     out = {}
+    tiny = tiny_model_folder(folder / "tiny-asha") if smoke else None
     for label, grace in (("asha", None), ("full budget", "max_t")):
         raw = yaml.safe_load((REPO / "sweeps" / "specs" / "demo.yaml").read_text())
         raw.update({"name": f"demo-{label.replace(' ', '-')}", "replicate": None, "sensitivity": None,
                     "tracking_uri": f"sqlite:///{folder / 'asha.db'}", "storage_path": str(folder / "rr-asha")})
+        if smoke:  # the tests' tiny encoder, one trial per cell, 2 epochs, 32 texts
+            smoke_demo(raw, tiny)
         if grace:
             raw["asha"]["grace_period"] = raw["asha"]["max_t"]
         path = folder / f"{raw['name']}.yaml"
@@ -105,8 +105,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--asha", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.smoke:
+        args.trials = 1
     with tempfile.TemporaryDirectory() as tmp:
         report = {"overhead": overhead(args.trials, Path(tmp))}
         o = report["overhead"]
@@ -114,12 +117,36 @@ def main():
             print(f"{r['trials']:3d} trials: plain loop {r['plain_loop_s']:6.1f} s, sweep {r['sweep_s']:6.1f} s")
         print(f"overhead {o['overhead_per_trial_s']:.2f} s per trial (slope), fixed cost of a sweep {o['fixed_s']:.1f} s")
         if args.asha:
-            report["asha"] = asha_saving(Path(tmp))
+            report["asha"] = asha_saving(Path(tmp), args.smoke)
             for label, r in report["asha"].items():
                 print(f"demo search, {label}: {r['epochs']} epochs, best val macro-F1 {r['best_val_macro_f1']}, "
                       f"{r['wall_s']:.0f} s")
+    print()
+    print(markdown_table(["measurement", "figure"], table_rows(report), numeric={1}))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """The rows of docs/benchmarks.md: both sizes, the slope, the fixed cost and (with --asha) what ASHA saves."""
+    small, large = report["overhead"]["runs"]
+    rows = [[f"{small['trials']} short trial{'s' if small['trials'] > 1 else ''} (tiny BERT, 1 epoch): plain loop / "
+             "through the sweep",
+             f"{small['plain_loop_s']:.1f} s / {small['sweep_s']:.1f} s"],
+            [f"{large['trials']} short trials: plain loop / through the sweep",
+             f"{large['plain_loop_s']:.1f} s / {large['sweep_s']:.1f} s"],
+            [f"marginal overhead per trial (slope between {small['trials']} and {large['trials']})",
+             f"{report['overhead']['overhead_per_trial_s']:.1f} s"],
+            ["fixed cost of a sweep (Tune start-up, first trial process, MLflow set-up, summary)",
+             f"{report['overhead']['fixed_s']:.1f} s"]]
+    if "asha" in report:
+        asha, full = report["asha"]["asha"], report["asha"]["full budget"]
+        best = "; ".join(f"{label}: " + ", ".join(f"{cell} {value:.3f}" for cell, value in r["best_val_macro_f1"].items())
+                         for label, r in report["asha"].items())
+        rows.append(["demo.yaml search with ASHA / full budget (grace period = max_t)",
+                     f"{asha['epochs']} / {full['epochs']} epochs ({asha['wall_s']:.0f} s / {full['wall_s']:.0f} s); "
+                     f"best val macro-F1 per cell, {best}"])
+    return rows
 
 
 if __name__ == "__main__":

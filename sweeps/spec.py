@@ -16,19 +16,21 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gloss_core.config import TrainConfig
 from gloss_core.errors import UserError
 from gloss_core.losses.registry import PROTOCOL_LOSSES
+from gloss_core.report import SELECTION_METRICS
 from sweeps.sensitivity import PERTURBABLE, Sensitivity
+from sweeps.space import Distribution, SpaceSampler, Strict  # noqa: F401 - SpaceSampler: part of the spec's API
 from sweeps.yaml_strict import MAX_SPEC_BYTES, SpecYAMLError, load_yaml, short
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-GRID_KEYS = {"data", "model", "loss", "seed", "protocol"}  # set by the grid, not by overrides
-DEFAULT_METRIC = {"integrated": "val_macro_f1", "standalone": "val_macro_silhouette"}
+# set by the grid (and the spec's metric and mode), not by overrides
+GRID_KEYS = {"data", "model", "loss", "seed", "protocol", "selection_metric", "selection_mode"}
+DEFAULT_METRIC = {protocol: metrics[0] for protocol, metrics in SELECTION_METRICS.items()}
 SWEEP_CHECKPOINT_BUDGET = 0.05  # a trial spends at most 5% of its time on checkpoints (train: overrides)
 
 
@@ -36,69 +38,11 @@ class SpecError(UserError, ValueError):
     """An invalid sweep spec; the message names the file, key and what is allowed."""
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _check_overrides(values: dict, where: str) -> dict:
     unknown = sorted(set(values) - TRAIN_FIELDS)
     if unknown:
         raise ValueError(f"unknown training option(s) {unknown} in {where}; allowed: {sorted(TRAIN_FIELDS)}")
     return values
-
-
-class Distribution(Strict):
-    loguniform: tuple[float, float] | None = None
-    uniform: tuple[float, float] | None = None
-    integer: tuple[int, int] | None = Field(default=None, alias="int")
-    choice: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self):
-        kinds = [k for k in ("loguniform", "uniform", "integer", "choice") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of loguniform, uniform, int, choice")
-        lo_hi = getattr(self, kinds[0])
-        if kinds[0] == "choice":
-            if not lo_hi:
-                raise ValueError("choice needs at least one value")
-        elif not lo_hi[0] < lo_hi[1]:
-            raise ValueError(f"{kinds[0].replace('integer', 'int')} needs low < high, got {list(lo_hi)}")
-        elif kinds[0] == "loguniform" and lo_hi[0] <= 0:
-            raise ValueError(f"loguniform needs positive bounds, got {list(lo_hi)}")
-        return self
-
-    def to_optuna(self) -> optuna.distributions.BaseDistribution:
-        if self.loguniform:
-            return optuna.distributions.FloatDistribution(*self.loguniform, log=True)
-        if self.uniform:
-            return optuna.distributions.FloatDistribution(*self.uniform)
-        if self.integer:
-            return optuna.distributions.IntDistribution(*self.integer)
-        return optuna.distributions.CategoricalDistribution(self.choice)
-
-    def suggest(self, trial: optuna.Trial, name: str):
-        d = self.to_optuna()
-        if isinstance(d, optuna.distributions.FloatDistribution):
-            return trial.suggest_float(name, d.low, d.high, log=d.log)
-        if isinstance(d, optuna.distributions.IntDistribution):
-            return trial.suggest_int(name, d.low, d.high)
-        return trial.suggest_categorical(name, d.choices)
-
-    def lowest(self):
-        """The first choice or the low bound: a value every cell is checked with before Ray starts."""
-        return self.choice[0] if self.choice else (self.loguniform or self.uniform or self.integer)[0]
-
-
-class SpaceSampler:
-    """Optuna define-by-run space of one cell (a picklable callable: Tune saves the searcher)."""
-
-    def __init__(self, space: dict[str, Distribution]):
-        self.space = space
-
-    def __call__(self, trial) -> None:
-        for key, dist in self.space.items():
-            dist.suggest(trial, key)
 
 
 class LossVariant(Strict):
@@ -218,6 +162,9 @@ class SweepSpec(Strict):
                 raise ValueError(f"losses.{name}.loss: {variant.loss!r} is not a loss of the {self.protocol} protocol; allowed: {list(allowed)}")
         if self.metric is None:
             self.metric = DEFAULT_METRIC[self.protocol]
+        if self.metric not in SELECTION_METRICS[self.protocol]:
+            raise ValueError(f"metric: {self.metric!r} is not measured on validation after each epoch in the "
+                             f"{self.protocol} protocol; use one of {list(SELECTION_METRICS[self.protocol])}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
         if self.sensitivity is not None:
@@ -257,7 +204,8 @@ class SweepSpec(Strict):
                     for seed in self.seeds:
                         constants = {"epochs": self.asha.max_t, "checkpoint_budget": SWEEP_CHECKPOINT_BUDGET,
                                      **self.train, **dopts, **mopts,
-                                     "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed}
+                                     "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed,
+                                     "selection_metric": self.metric, "selection_mode": self.mode}
                         out.append(Cell(self.name, f"{dname}__{mname}__{lname}__s{seed}", dname, mname, lname, seed,
                                         self.protocol, constants, variant.space))
         return out

@@ -1,7 +1,8 @@
 """A sweep's progress, read from MLflow (works while it runs and after it ends).
 
-"Best" follows the sweep's recorded metric and mode in the search phase (the spec's own, e.g. a
-loss to minimise), and test macro-F1 in the replicate and sensitivity phases.
+"Best" in the search phase is the best trial score (`gloss_core.report`: the sweep's metric at each
+trial's best epoch, under its recorded mode), the value the search ranked trials by; in the
+replicate and sensitivity phases it is test macro-F1.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from gloss_core.provenance import default_tracking_uri, redact
+from gloss_core.report import SCORE
 from sweeps.record import read_record
 from sweeps.spec import DEFAULT_METRIC
 
@@ -32,12 +34,10 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
         state = tags.get("ended", "running")
         row[state if state in STATES else "running"] += 1
         if key[0] in ("replicate", "sensitivity"):
-            metric, mode = "test_macro_f1", "max"
-        elif spec is not None:
-            metric, mode = spec.metric, spec.mode
-        else:  # a sweep from before specs were recorded: the protocol's default metric
-            metric, mode = DEFAULT_METRIC.get(tags.get("protocol", ""), "val_macro_f1"), "max"
-        value = run.data.metrics.get(metric)
+            metric, mode, value = "test_macro_f1", "max", run.data.metrics.get("test_macro_f1")
+        else:  # the score is of the spec's metric (a sweep from before specs were recorded: the default)
+            metric = spec.metric if spec is not None else DEFAULT_METRIC.get(tags.get("protocol", ""), "val_macro_f1")
+            mode, value = (spec.mode if spec is not None else "max"), run.data.metrics.get(SCORE)
         if value is not None and (row["best"] is None or (value > row["best"] if mode == "max" else value < row["best"])):
             row["best"], row["metric"] = value, metric
     return [rows[k] for k in sorted(rows)]

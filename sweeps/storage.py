@@ -156,3 +156,17 @@ class SweepStorage:
                     pyarrow.fs.copy_files(info.path, str(Path(tmp) / info.base_name), source_filesystem=self.fs,
                                           destination_filesystem=pyarrow.fs.LocalFileSystem())
             yield tmp
+
+
+class SweepExists(UserError, FileExistsError):
+    """The sweep's folder holds an earlier run, and neither --resume nor --restart was given."""
+
+
+def check_folder(storage: SweepStorage, resume: bool, restart: bool) -> None:
+    """The sweep's folder may be used: absent, or carrying this sweep's marker, with --resume or
+    --restart when it holds an earlier run."""
+    if storage.exists():
+        storage.refuse_unless_ours("delete" if restart else "write into")  # a folder another sweep (or none) owns
+        if not resume and not restart:
+            raise SweepExists(f"{storage} holds an earlier run of sweep {storage.name!r}: pass --resume to continue it, "
+                              "or --restart to discard it and start again")

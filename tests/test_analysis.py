@@ -106,13 +106,15 @@ def store(tmp_path_factory):
                          "time_per_epoch_s": 20.0 + 5 * list(sl).index(method),
                          "total_time_s": 500.0 + seed, "best_epoch": 10 + seed, "epochs_run": 12},
                         protocol="standalone")
-    # search runs: the score depends on gamma only (fANOVA must say so); one truncated by ASHA
+    # search runs: the score (the metric at each trial's best epoch) depends on gamma only (fANOVA must
+    # say so), while the last epoch's val_macro_f1 depends on lr only; one truncated by ASHA
     for i in range(12):
         lr, gamma = 10 ** rng.uniform(-5, -3), [0.5, 0.7, 0.9][i % 3]
         log_run(client, exp, "paper", "search", "gloss_o_ce", "gloss", "MR", "bert-base", 0,
-                {"val_macro_f1": 0.6 + 0.3 * (gamma == 0.7) + rng.normal(0, 0.001)}, params={"lr": lr, "gamma": gamma})
-    log_run(client, exp, "paper", "search", "gloss_o_ce", "gloss", "MR", "bert-base", 0, {"val_macro_f1": 0.1},
-            params={"lr": 1e-4, "gamma": 0.7}, ended="stopped_early")
+                {"score": 0.6 + 0.3 * (gamma == 0.7) + rng.normal(0, 0.001),
+                 "val_macro_f1": 0.3 + 0.1 * (math.log10(lr) + 5)}, params={"lr": lr, "gamma": gamma})
+    log_run(client, exp, "paper", "search", "gloss_o_ce", "gloss", "MR", "bert-base", 0,
+            {"score": 0.1, "val_macro_f1": 0.1}, params={"lr": 1e-4, "gamma": 0.7}, ended="stopped_early")
     # a failed run: counted in the footer and the checks, never in the tables
     log_run(client, exp, "paper", "search", "ce", "ce", "MR", "bert-base", 0, {"val_macro_f1": 0.5})
     log_run(client, exp, "paper", "replicate", "ce", "ce", "MR", "bert-base", 9, {}, ended="failed")
@@ -196,6 +198,36 @@ def test_bootstrap_ci_agrees_with_scipy():
     assert point == pytest.approx(values.mean())
     assert low == pytest.approx(ref.confidence_interval.low, abs=2e-3)
     assert high == pytest.approx(ref.confidence_interval.high, abs=2e-3)
+
+
+def test_stratified_bootstrap_resamples_seeds_within_datasets():
+    """scipy's bootstrap, one sample per dataset, against the resampling written out: each dataset's
+    seeds redrawn within it from one generator, in order; a single-seed dataset stays constant."""
+    scores = {"MR": np.array([0.80, 0.82, 0.79, 0.81, 0.83]), "R8": np.array([0.95]),
+              "R52": np.array([0.90, 0.91, 0.93, 0.92, 0.90, 0.94])}
+    rng = np.random.default_rng(0)
+    boot = np.zeros(4000)
+    for values in scores.values():
+        boot += values[rng.integers(0, len(values), size=(4000, len(values)))].mean(axis=1)
+    boot /= len(scores)
+    point, low, high = stratified_bootstrap_ci(scores, reps=4000, seed=0)
+    assert point == pytest.approx(np.mean([v.mean() for v in scores.values()]))
+    assert (low, high) == pytest.approx((np.quantile(boot, 0.025), np.quantile(boot, 0.975)), rel=1e-12)
+    assert stratified_bootstrap_ci({"MR": np.array([0.8]), "R8": np.array([0.9])}, reps=100) == pytest.approx((0.85,) * 3)
+    assert all(math.isnan(v) for v in stratified_bootstrap_ci({"MR": np.array([0.8, np.nan, 0.7])}, reps=100))
+
+
+def test_paired_test_edge_cases():
+    one = paired_test([0.5], [0.4])
+    assert one.n == 1 and math.isnan(one.t) and math.isnan(one.ci_low) and "no test possible" in one.note
+    assert paired_test([], []).n == 0 and math.isnan(paired_test([], []).diff)
+    same = paired_test([0.5, 0.75, 1.0], [0.25, 0.5, 0.75])  # every pair differs by 0.25: sd = 0
+    assert math.isnan(same.t) and math.isnan(same.p) and math.isnan(same.dz)
+    assert same.ci_low == same.ci_high == same.diff == 0.25 and "undefined" in same.note
+    gap = paired_test([0.5, np.nan, 0.7, 0.8], [0.4, 0.5, 0.6, 0.6])
+    assert all(math.isnan(v) for v in (gap.diff, gap.t, gap.p, gap.ci_low, gap.ci_high))
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        paired_test([0.5, 0.6], [0.5])
 
 
 # ---- loader and checks ----------------------------------------------------------------------------
@@ -396,7 +428,7 @@ def test_param_importance_skips_cells_without_variance(store):
     log_summary(client, exp, "flat", {"losses": {"g": {"loss": "gloss", "space": {
         "lr": {"loguniform": [1e-5, 1e-3]}, "gamma": {"choice": [0.5, 0.7]}}}}, "metric": "val_macro_f1"})
     for i in range(6):
-        log_run(client, exp, "flat", "search", "g", "gloss", "MR", "m", 0, {"val_macro_f1": 0.5},
+        log_run(client, exp, "flat", "search", "g", "gloss", "MR", "m", 0, {"score": 0.5, "val_macro_f1": 0.5},
                 params={"lr": 1e-4 * (i + 1), "gamma": [0.5, 0.7][i % 2]})
     assert param_importances(load_runs("flat", store[0])).empty
 
@@ -421,14 +453,16 @@ def mixed(store):
                         {"test_accuracy": acc, "test_macro_f1": acc, "time_per_epoch_s": extra.pop("time", 10.0),
                          "best_epoch": 3, **extra.pop("metrics", {})}, protocol=protocol,
                         cell=f"{dataset}__m__{method}__s0", tags=extra.pop("tags", None))
-            log("g", "gloss", 0.86 + shared + noise.normal(0, 0.001), metrics={"val_macro_f1": 0.70},
+            # the variant is chosen on its score (validation at each run's best epoch); the last epoch's
+            # val_macro_f1 says the opposite
+            log("g", "gloss", 0.86 + shared + noise.normal(0, 0.001), metrics={"score": 0.70, "val_macro_f1": 0.55},
                 tags={"node": "10.0.0.1", "concurrency": "2"}, time=8.0)
-            log("g_test", "gloss", 0.88 + shared + noise.normal(0, 0.001), metrics={"val_macro_f1": 0.60})
+            log("g_test", "gloss", 0.88 + shared + noise.normal(0, 0.001), metrics={"score": 0.60, "val_macro_f1": 0.65})
             log("ce", "ce", 0.80 + shared + noise.normal(0, 0.001), tags={"node": "10.0.0.1", "concurrency": "2"})
             log("tie", "scl", 0.86 + shared + noise.normal(0, 0.004))
             if dataset != "D3":
                 log("late", "scl", 0.99 + shared)
-            log("g", "gloss", 0.60 + shared, protocol="standalone", metrics={"val_macro_silhouette": 0.3})
+            log("g", "gloss", 0.60 + shared, protocol="standalone", metrics={"score": 0.3, "val_macro_silhouette": 0.3})
             log("triplet", "triplet", 0.55 + shared, protocol="standalone")
     other = client.create_experiment("other")
     for seed in seeds:

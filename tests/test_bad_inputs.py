@@ -162,6 +162,9 @@ CASES = {
     "spec-bad-cell-value": lambda t: spec_error(t, datasets={"x": {"data": "synthetic", "batch_size": 0}}),
     "spec-no-seeds": lambda t: spec_error(t, seeds=[]),
     "spec-bad-mode": lambda t: spec_error(t, mode="maximize"),
+    "spec-metric-not-measured": lambda t: spec_error(t, metric="val_loss"),
+    "train-selection-not-measured": lambda t: cli("train", "--protocol", "standalone", "--loss", "scl",
+                                                  "--selection-metric", "val_macro_f1"),
     "sweep-exists": sweep_exists,
     "data-folder-missing": lambda t: data_error(t, data="/no/such/folder"),
     "data-missing-column": lambda t: data_error(t, data=csv_folder(t, train="text,category\na,x\nb,y\n")),
@@ -282,7 +285,7 @@ def test_train_prints_data_notes_and_no_zero_timing_table(tiny_model_dir, tmp_pa
 def test_sqlite_artifacts_live_beside_the_database(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from sweeps.tracking import experiment_id
+    from sweeps.mlflow_runs import experiment_id
 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
@@ -306,7 +309,7 @@ def test_a_restart_says_what_it_deleted_and_a_fresh_start_marks_its_folder(tmp_p
 
 
 def test_only_address_or_ray_address_joins_a_cluster(monkeypatch):
-    from sweeps.runner import resolve_address
+    from sweeps.ray_session import resolve_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert resolve_address(None) == "local"  # not "auto": a stale ray_current_cluster file is never followed

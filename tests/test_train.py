@@ -41,12 +41,12 @@ def test_tiny_run_is_reproducible(tiny_model_dir, loss):
     seen = []
     first = train(config, report=lambda metrics, folder: seen.append(metrics))
     second = train(config)
-    assert [h["epoch"] for h in seen] == [1, 2]
+    assert [h.epoch for h in seen] == [1, 2]
     for key in ("val_macro_f1", "test_macro_f1", "test_accuracy", "best_epoch"):
-        assert first[key] == second[key], key
-    assert [h["train_loss"] for h in first["history"]] == [h["train_loss"] for h in second["history"]]
-    assert first["val_macro_f1"] == max(h["val_macro_f1"] for h in first["history"])
-    assert set(first["seeds"]) == {"data_order", "init", "dropout", "mask"}
+        assert first.metrics()[key] == second.metrics()[key], key
+    assert [h.metrics["train_loss"] for h in first.history] == [h.metrics["train_loss"] for h in second.history]
+    assert first.metrics()["val_macro_f1"] == max(h.metrics["val_macro_f1"] for h in first.history)
+    assert set(first.seeds) == {"data_order", "init", "dropout", "mask"}
 
 
 def test_cli_train_writes_metrics(tiny_model_dir, tmp_path):
@@ -81,23 +81,23 @@ def test_balanced_weights_match_sklearn():
 def test_minilm_on_mr_beats_the_majority_class():
     config = TrainConfig(data=str(SHARED_DATA / "MR"), limit=320, loss="gloss", epochs=2, batch_size=32, lr=5e-5)
     result = train(config)
-    majority_macro_f1 = result["majority_val_accuracy"] / 2  # one class predicted: F1 of the other is 0
-    assert result["val_macro_f1"] > max(0.6, majority_macro_f1 + 0.2), result
+    majority_macro_f1 = result.metrics()["majority_val_accuracy"] / 2  # one class predicted: F1 of the other is 0
+    assert result.metrics()["val_macro_f1"] > max(0.6, majority_macro_f1 + 0.2), result
 
 
 def test_early_stopping_patience(tiny_model_dir):
     # lr = 0: validation never improves after epoch 1, so patience 2 stops after epoch 3
     result = train(TrainConfig(model=tiny_model_dir, loss="ce", epochs=10, patience=2, lr=0.0, batch_size=64))
-    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
-    assert result["best_epoch"] == 1
+    assert [h.epoch for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
 
 
-def _same_run(a: dict, b: dict):
+def _same_run(a, b):
     for key in ("best_epoch", "epochs_run", "val_macro_f1", "val_accuracy", "test_macro_f1", "test_accuracy",
                 "test_macro_silhouette", "test_micro_silhouette"):
-        assert a.get(key) == b.get(key), key
-    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
-    assert [h.get("val_macro_f1") for h in a["history"]] == [h.get("val_macro_f1") for h in b["history"]]
+        assert a.metrics().get(key) == b.metrics().get(key), key
+    assert [h.metrics["train_loss"] for h in a.history] == [h.metrics["train_loss"] for h in b.history]
+    assert [h.metrics.get("val_macro_f1") for h in a.history] == [h.metrics.get("val_macro_f1") for h in b.history]
 
 
 @pytest.mark.parametrize("loss,protocol", [("gloss", "integrated"), ("gloss", "standalone")])
@@ -108,7 +108,7 @@ def test_resume_from_checkpoint_ends_with_the_same_metrics(tiny_model_dir, tmp_p
 
     def keep_epoch_2(metrics, folder):
         assert folder is not None
-        if metrics["epoch"] == 2:
+        if metrics.epoch == 2:
             shutil.copytree(folder, tmp_path / "ckpt")
             saved["metrics"] = metrics
 
@@ -117,17 +117,17 @@ def test_resume_from_checkpoint_ends_with_the_same_metrics(tiny_model_dir, tmp_p
     assert {"model", "optimizer", "scheduler", "loss", "rng", "epoch", "best", "best_state", "sigma_value"} <= set(state)
     assert state["epoch"] == 2
     resumed_epochs = []
-    resumed = train(config, report=lambda m, f: resumed_epochs.append(m["epoch"]), resume_from=str(tmp_path / "ckpt"))
+    resumed = train(config, report=lambda m, f: resumed_epochs.append(m.epoch), resume_from=str(tmp_path / "ckpt"))
     assert resumed_epochs == [3]
     _same_run(full, resumed)
-    assert resumed["sigma"] == full["sigma"]
+    assert resumed.metrics()["sigma"] == full.metrics()["sigma"]
 
 
 def test_best_epoch_weights_are_restored_for_test(tiny_model_dir, tmp_path):
     config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=4, batch_size=16, lr=3e-3, seed=1)
     states = {}
-    result = train(config, report=lambda m, f: states.update({m["epoch"]: torch.load(Path(f) / "state.pt", weights_only=True)}))
-    assert result["best_epoch"] < result["epochs_run"], "precondition: the best epoch is not the last one"
+    result = train(config, report=lambda m, f: states.update({m.epoch: torch.load(Path(f) / "state.pt", weights_only=True)}))
+    assert result.best_epoch < result.epochs_run, "precondition: the best epoch is not the last one"
     tokenizer = load_tokenizer(tiny_model_dir)
     from gloss_core.data.batching import Batches
     from gloss_core.data import load_splits
@@ -144,9 +144,9 @@ def test_best_epoch_weights_are_restored_for_test(tiny_model_dir, tmp_path):
             logits = torch.cat([model(**inputs)[0] for inputs, _ in test])
         return classification_metrics(logits, splits.test.labels)["macro_f1"]
 
-    last = states[result["epochs_run"]]
-    assert test_f1(last["best_state"]) == pytest.approx(result["test_macro_f1"], abs=1e-12)
-    assert torch.equal(last["best_state"]["head.weight"], states[result["best_epoch"]]["model"]["head.weight"])
+    last = states[result.epochs_run]
+    assert test_f1(last["best_state"]) == pytest.approx(result.metrics()["test_macro_f1"], abs=1e-12)
+    assert torch.equal(last["best_state"]["head.weight"], states[result.best_epoch]["model"]["head.weight"])
     assert not torch.equal(last["model"]["head.weight"], last["best_state"]["head.weight"])
 
 
@@ -154,21 +154,21 @@ def test_best_epoch_weights_are_restored_for_test(tiny_model_dir, tmp_path):
 def test_standalone_protocol_trains_encoder_then_a_linear_probe(tiny_model_dir, loss):
     result = train(TrainConfig(model=tiny_model_dir, protocol="standalone", loss=loss, epochs=2, batch_size=16,
                                lr=1e-3, probe_epochs=30, probe_patience=5))
-    assert 1 <= result["best_epoch"] <= 2
+    assert 1 <= result.best_epoch <= 2
     for key in ("val_macro_silhouette", "val_micro_silhouette", "test_macro_silhouette", "probe_best_epoch",
                 "val_macro_f1", "test_macro_f1", "test_accuracy"):
-        assert key in result, key
-    assert result["best_epoch"] == max(result["history"], key=lambda h: h["val_macro_silhouette"])["epoch"]
-    assert result["test_accuracy"] > 0.8  # the synthetic topics are easy to separate
-    assert result["val_macro_f1"] == pytest.approx(result["probe_val_macro_f1"])  # standardisation folded in
+        assert key in result.metrics(), key
+    assert result.best_epoch == max(result.history, key=lambda h: h.metrics["val_macro_silhouette"]).epoch
+    assert result.metrics()["test_accuracy"] > 0.8  # the synthetic topics are easy to separate
+    assert result.metrics()["val_macro_f1"] == pytest.approx(result.metrics()["probe_val_macro_f1"])  # standardisation folded in
 
 
 def test_timing_breakdown_and_artifacts(tiny_model_dir, tmp_path):
     result = train(TrainConfig(model=tiny_model_dir, loss="gloss", epochs=2, batch_size=16, artifacts_dir=str(tmp_path)))
-    phases = result["timing_per_epoch_s"]
+    phases = result.timing_per_epoch_s
     assert set(phases) >= {"data", "forward", "graph", "propagation", "loss", "backward", "optimizer"}
     assert phases["graph"] > 0 and phases["propagation"] > 0 and phases["forward"] > 0
-    assert sum(phases.values()) <= result["time_per_epoch_s"] * 1.01
+    assert sum(phases.values()) <= result.metrics()["time_per_epoch_s"] * 1.01
     W1, W2 = np.load(tmp_path / "adjacency_epoch001.npy"), np.load(tmp_path / "adjacency_epoch002.npy")
     assert W1.shape == (64, 64) and np.allclose(np.diag(W1), 0) and not np.array_equal(W1, W2)
     emb = np.load(tmp_path / "test_embeddings.npy")
@@ -181,7 +181,7 @@ def test_hf_source_through_the_config(tiny_model_dir, tmp_path):
             f"{w} film {i},{i % 2}\n" for i, w in enumerate(["good", "bad", "fine", "poor"] * 4)))
     result = train(TrainConfig(model=tiny_model_dir, data=f"hf:{tmp_path}", hf_splits="train,validation,test",
                                text_column="sentence", loss="ce", epochs=1, batch_size=8))
-    assert 0.0 <= result["test_macro_f1"] <= 1.0
+    assert 0.0 <= result.metrics()["test_macro_f1"] <= 1.0
 
 
 def test_classification_metrics_match_sklearn():
@@ -303,12 +303,12 @@ def test_other_encoder_families_train_from_local_folders(tmp_path, architecture)
     tiny_encoder(architecture).save_pretrained(tmp_path)
     load_tokenizer("minilm").save_pretrained(tmp_path)
     result = train(TrainConfig(model=str(tmp_path), loss="gloss", epochs=1, batch_size=16, pooling="mean"))
-    assert result["epochs_run"] == 1 and 0.0 <= result["test_macro_f1"] <= 1.0
+    assert result.epochs_run == 1 and 0.0 <= result.metrics()["test_macro_f1"] <= 1.0
 
 
 def test_bf16_autocast_run_on_cpu(tiny_model_dir):
     result = train(TrainConfig(model=tiny_model_dir, loss="gloss", epochs=1, batch_size=16, precision="bf16"))
-    assert np.isfinite(result["history"][0]["train_loss"])
+    assert np.isfinite(result.history[0].metrics["train_loss"])
 
 
 @pytest.mark.parametrize("sigma", [1.5, "sqrt"])
@@ -317,14 +317,14 @@ def test_a_resumed_run_applies_sigma_scale_once(tiny_model_dir, tmp_path, sigma)
                          sigma_scale=2.0)
 
     def keep_epoch_1(metrics, folder):
-        if metrics["epoch"] == 1:
+        if metrics.epoch == 1:
             shutil.copytree(folder, tmp_path / "ckpt")
 
     full = train(config, report=keep_epoch_1)
     if sigma == 1.5:
-        assert full["sigma"] == pytest.approx(3.0)
+        assert full.metrics()["sigma"] == pytest.approx(3.0)
     resumed = train(config, report=lambda m, f: None, resume_from=str(tmp_path / "ckpt"))
-    assert resumed["sigma"] == full["sigma"]
+    assert resumed.metrics()["sigma"] == full.metrics()["sigma"]
     _same_run(full, resumed)
 
 
@@ -360,18 +360,18 @@ def test_checkpoints_hold_one_copy_of_the_weights_and_the_best_waits_in_one_file
     best.save = lambda weights, epoch: (writes.append(epoch), original(weights, epoch))[1]
 
     def keep(metrics, folder):
-        sizes[metrics["epoch"]] = (Path(folder) / "state.pt").stat().st_size
-        if metrics["epoch"] == 3:
+        sizes[metrics.epoch] = (Path(folder) / "state.pt").stat().st_size
+        if metrics.epoch == 3:
             shutil.copytree(folder, tmp_path / "ckpt3")
-        saved[metrics["epoch"]] = torch.load(Path(folder) / "state.pt", weights_only=True)
+        saved[metrics.epoch] = torch.load(Path(folder) / "state.pt", weights_only=True)
 
     full = train(config, report=keep, best_weights=best)
-    assert full["best_epoch"] < full["epochs_run"], "precondition: the best epoch is behind the last"
+    assert full.best_epoch < full.epochs_run, "precondition: the best epoch is behind the last"
     limit = 3.1 * _fp32_bytes(tiny_model_dir)
     assert max(sizes.values()) <= limit, (sizes, limit)
     assert all(state["best_state"] is None for state in saved.values())  # never a second copy inside
-    assert writes and writes == sorted(set(writes)) and set(writes) <= {h["best_epoch"] for h in full["history"]}
-    assert len(writes) <= len({h["best_epoch"] for h in full["history"]})  # only when the best moves
+    assert writes and writes == sorted(set(writes)) and set(writes) <= {h.best_epoch for h in full.history}
+    assert len(writes) <= len({h.best_epoch for h in full.history})  # only when the best moves
     resumed = train(config, report=lambda m, f: None, resume_from=str(tmp_path / "ckpt3"), best_weights=best)
     _same_run(full, resumed)
 
@@ -395,48 +395,55 @@ def test_a_saved_model_gives_the_runs_test_predictions(tiny_model_dir, tmp_path,
     result = train(config)
     saved = load_model(tmp_path / "model")
     assert saved.labels == ["class0", "class1"] and saved.card["config"]["loss"] == loss
-    assert saved.card["metrics"]["test_accuracy"] == result["test_accuracy"]
+    assert saved.card["metrics"]["test_accuracy"] == result.metrics()["test_accuracy"]
     assert {"torch", "transformers"} <= set(saved.card["package_versions"])
     test = load_splits(config).test
     probabilities = saved.predict_proba(test.texts)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(test.texts)))
     got = classification_metrics(probabilities, test.labels)
-    assert got["accuracy"] == result["test_accuracy"] and got["macro_f1"] == result["test_macro_f1"]
+    assert got["accuracy"] == result.metrics()["test_accuracy"] and got["macro_f1"] == result.metrics()["test_macro_f1"]
     config_json = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config_json["id2label"] == {"0": "class0", "1": "class1"}
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 
 def test_checkpoint_budget_bounds_the_time_spent_on_checkpoints(tiny_model_dir, monkeypatch):
-    import gloss_core.training.engine as engine
+    import gloss_core.training.budget as budget
     from gloss_core.training.build import build_run
 
-    monkeypatch.setitem(engine.CHECKPOINT_COST, "s_per_model_byte", 2e-9)
+    monkeypatch.setitem(budget.CHECKPOINT_COST, "s_per_model_byte", 2e-9)
     run = build_run(TrainConfig(model=tiny_model_dir, loss="ce", epochs=5, checkpoint_budget=0.05))
-    assert run.checkpoint_cost_s == pytest.approx(2e-9 * run.model_bytes)  # this process's measured cost
+    assert run.budget.cost_s == pytest.approx(2e-9 * run.model_bytes)  # this process's measured cost
     now = {"t": 100.0}
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: now["t"])
-    run.epoch, run.unsaved_since, run.checkpoint_cost_s = 1, 100.0, 0.0
-    assert run._checkpoint_due({"last_epoch": False})  # free: always due
-    run.checkpoint_cost_s = 1.0  # a checkpoint costs 1 s: 19 s of unsaved work before the next
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: now["t"])
+    plan = run.budget
+    plan.unsaved_since, plan.cost_s = 100.0, 0.0
+    assert plan.due(1, last=False)  # free: always due
+    plan.cost_s = 1.0  # a checkpoint costs 1 s: 19 s of unsaved work before the next
     now["t"] = 110.0
-    assert not run._checkpoint_due({"last_epoch": False})
+    assert not plan.due(1, last=False)
     now["t"] = 119.5
-    assert run._checkpoint_due({"last_epoch": False})  # 1 / (19.5 + 1) < 5%
-    assert not run._checkpoint_due({"last_epoch": True})  # nothing left to resume after the last epoch
-    run.config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=5)  # no budget: every due epoch
-    assert run._checkpoint_due({"last_epoch": True})
+    assert plan.due(1, last=False)  # 1 / (19.5 + 1) < 5%
+    assert not plan.due(1, last=True)  # nothing left to resume after the last epoch
+    plan.spent(119.5, 121.5)  # a 2 s checkpoint: the next waits for 38 s of unsaved work
+    assert budget.CHECKPOINT_COST["s_per_model_byte"] == pytest.approx(2.0 / run.model_bytes)
+    now["t"] = 121.5 + 37.0
+    assert not plan.due(2, last=False)
+    now["t"] = 121.5 + 38.5
+    assert plan.due(2, last=False)
+    every = budget.CheckpointBudget(every=2, budget=None, model_bytes=run.model_bytes)  # no budget: every due epoch
+    assert every.due(2, last=True) and not every.due(3, last=False)
 
 
 def test_a_budgeted_run_checkpoints_first_never_last_and_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
-    import gloss_core.training.engine as engine
+    import gloss_core.training.budget as budget
 
-    monkeypatch.setitem(engine.CHECKPOINT_COST, "s_per_model_byte", 0.0)  # checkpoints cost nothing: every due one
+    monkeypatch.setitem(budget.CHECKPOINT_COST, "s_per_model_byte", 0.0)  # checkpoints cost nothing: every due one
     folders = {}
 
     def report(metrics, folder):
         if folder is not None:
-            folders[metrics["epoch"]] = Path(folder, "state.pt").read_bytes()
+            folders[metrics.epoch] = Path(folder, "state.pt").read_bytes()
 
     config = TrainConfig(model=tiny_model_dir, loss="gloss", epochs=3, checkpoint_budget=0.05, batch_size=16)
     full = train(config, report)

@@ -11,10 +11,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from gloss_core.config import TrainConfig
+from gloss_core.train import train
 from gloss_core.data.splits import DataError
 from gloss_core.training.metrics import silhouettes
-from sweeps.tracking import progress_line
+from sweeps.progress import progress_line
 from trainables.plan import CELL, PhasePlan
+from trainables.report import closing_result, epoch_result, read_result
 from trainables.trainable import nan_failures, run_trial
 
 
@@ -47,12 +49,16 @@ def test_the_trials_scratch_folder_is_removed_when_training_raises(tmp_path, mon
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("gloss-trial-")]
 
 
-def test_a_replicate_line_counts_epochs_not_reports():
-    closing = {"training_iteration": 4, "epoch": 3, "epochs_run": 3, "final": True, "val_macro_f1": 0.8}
-    line = progress_line("replicate 1/2", "synth__m__ce__s0", "abc_00000", "completed", closing, "val_macro_f1")
-    assert "after 3 epoch(s)" in line and "val_macro_f1=0.8000" in line
-    search = {"training_iteration": 2, "epoch": 2}
-    assert "after 2 epoch(s)" in progress_line("search 1/8", "c", "t", "stopped early (ASHA)", search, "val_macro_f1")
+def test_a_replicate_line_counts_epochs_not_reports(tiny_model_dir):
+    config = TrainConfig(model=tiny_model_dir, loss="ce", epochs=3, patience=0, batch_size=64)
+    result = train(config)
+    closing = {**closing_result(result), "training_iteration": 4}  # one more report than epochs
+    line = progress_line("replicate 1/2", "synth__m__ce__s0", "abc_00000", "completed", read_result(closing),
+                         "val_macro_f1")
+    assert "after 3 epoch(s)" in line and f"val_macro_f1={result.score:.4f}" in line
+    search = {**epoch_result(result.history[1]), "training_iteration": 2}
+    assert "after 2 epoch(s)" in progress_line("search 1/8", "c", "t", "stopped early (ASHA)", read_result(search),
+                                               "val_macro_f1")
 
 
 def _record(client, exp_id: str, name: str, metric: str, mode: str) -> None:
@@ -71,13 +77,13 @@ def test_status_picks_the_best_by_the_sweeps_metric_and_mode(tmp_path, mode, bes
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("s")
-    _record(client, exp_id, "s", "val_loss", mode)
+    _record(client, exp_id, "s", "val_accuracy", mode)
     for value in (0.2, 0.8, 0.5):
         run = client.create_run(exp_id, tags={"kind": "trial", "phase": "search", "cell": "c", "ended": "completed"})
-        client.log_metric(run.info.run_id, "val_loss", value)
-        client.log_metric(run.info.run_id, "val_macro_f1", 1 - value)
+        client.log_metric(run.info.run_id, "score", value)  # the metric at the trial's best epoch
+        client.log_metric(run.info.run_id, "val_accuracy", 1 - value)  # its last epoch: not what ranks it
     [row] = sweep_status("s", uri)
-    assert row["metric"] == "val_loss" and row["best"] == pytest.approx(best) and row["completed"] == 3
+    assert row["metric"] == "val_accuracy" and row["best"] == pytest.approx(best) and row["completed"] == 3
 
 
 def test_analysis_imports_without_ray_torch_or_transformers():

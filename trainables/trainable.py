@@ -1,16 +1,15 @@
 """The Ray Tune function trainable: one `gloss_core.train.train` run, reporting through `tune.report`.
 
 `gloss_trainable(config, plan)`: the trial's config (its cell and varied values) plus the phase's
-`PhasePlan` (`tune.with_parameters`). Each epoch reports its metrics with a checkpoint;
-`tune.get_checkpoint()` resumes a retried or restored trial from the last one. A run that ends
-normally marks its last report `last_epoch=True`, so the sweep can tell "completed" from "stopped
-early by ASHA". Each report also says which Ray node ran the trial (`node_id`) and whether this
-attempt resumed from a checkpoint (`resumed_from_checkpoint`, after a retry or restore). A
-replicate trial closes with one report of its test metrics (`final=True`), whose checkpoint holds
-what the plan asks for: `artifacts/` (the test embeddings and one batch's adjacency per epoch) and
-`model/` (the best epoch's model, exported). Each trial keeps its best epoch's weights, once behind,
-in one file on the sweep's storage (`PhasePlan.best_weights_dir`), so its checkpoints hold one copy
-of the weights. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
+`PhasePlan` (`tune.with_parameters`). Each epoch's `EpochReport` goes to Tune as a result dict
+(`trainables/report.py` writes it), with a checkpoint; `tune.get_checkpoint()` resumes a retried or
+restored trial from the last one. Each report says which Ray node ran the trial, the GPUs Ray
+assigned it, and whether this attempt resumed from a checkpoint (after a retry or restore). A
+replicate trial closes with one report of its test metrics, whose checkpoint holds what the plan
+asks for: `artifacts/` (the test embeddings and one batch's adjacency per epoch) and `model/` (the
+best epoch's model, exported). Each trial keeps its best epoch's weights, once behind, in one file
+on the sweep's storage (`PhasePlan.best_weights_dir`), so its checkpoints hold one copy of the
+weights. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
@@ -28,21 +27,18 @@ from ray import tune
 
 from gloss_core.config import Report, TrainConfig
 from gloss_core.errors import NonFiniteEmbeddingsError
+from gloss_core.report import EpochReport, RunResult
 from gloss_core.train import train
 from gloss_core.training.checkpoint import BestWeights
 from trainables.plan import PhasePlan
+from trainables.report import closing_result, epoch_result
 
 
 class TrialFailed(RuntimeError):
     """A trial that cannot go on (NaN metric, non-finite embeddings); the message is the reason."""
 
 
-def numeric(metrics: dict) -> dict:
-    """The numbers (and flags) of a metrics dict: what Tune and MLflow can take."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool)) and v is not None}
-
-
-def nan_failures(metrics: dict) -> list[str]:
+def nan_failures(metrics: dict[str, float]) -> list[str]:
     """Metrics whose NaN means the run broke. Silhouettes are exempt: they are NaN by definition
     when fewer than two classes have two samples, for the macro and micro forms alike."""
     return [k for k, v in metrics.items()
@@ -50,10 +46,11 @@ def nan_failures(metrics: dict) -> list[str]:
 
 
 def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from: str | None = None,
-              best_weights: BestWeights | None = None) -> dict:
-    """One trial without Ray: train, then, for the replicate phase, one closing report of the test
-    metrics whose checkpoint folder holds the artifacts (`artifacts/`) and the exported model
-    (`model/`). The scratch folder they are written to is removed however the run ends."""
+              best_weights: BestWeights | None = None, close=None) -> RunResult:
+    """One trial without Ray: train, reporting each epoch to `report(epoch_report, folder)`; then,
+    for the replicate phase, `close(result, folder)` once with the run's result, its folder holding
+    the artifacts (`artifacts/`) and the exported model (`model/`). The scratch folder they are
+    written to is removed however the run ends."""
     keeps = plan.artifacts or plan.export
     with tempfile.TemporaryDirectory(prefix="gloss-trial-") if keeps else nullcontext() as scratch:
         if plan.artifacts:
@@ -64,9 +61,8 @@ def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from:
             result = train(config, report, resume_from, best_weights)
         except NonFiniteEmbeddingsError as err:
             raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
-        if plan.report_test:
-            summary = {k: v for k, v in numeric(result).items() if not isinstance(v, bool)}
-            report({**summary, "last_epoch": True, "final": True}, scratch)
+        if plan.report_test and close is not None:
+            close(result, scratch)
         return result
 
 
@@ -75,26 +71,33 @@ def gloss_trainable(config: dict, plan: PhasePlan) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and not checkpoint.filesystem.get_file_info(checkpoint.path).type:
         checkpoint = None  # deleted as its trial finished, then the driver died before saving that
-    where = {"node_id": ray.get_runtime_context().get_node_id(),  # which node ran it (a tag in MLflow)
-             "resumed_from_checkpoint": 1.0 if checkpoint is not None else 0.0}
-
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": tuple(str(g) for g in ray.get_gpu_ids()),
+             "resumed": checkpoint is not None}
     persisted = {"s": 0.0}  # how long Tune took to copy the previous report's checkpoint to storage
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        metrics = numeric(metrics)
-        bad = nan_failures(metrics)
-        if bad:
-            raise TrialFailed(f"NaN metric(s) {bad} at epoch {metrics.get('epoch')}")
+    def send(result: dict, checkpoint_dir: str | None) -> None:
         saved = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         started = time.perf_counter()
-        tune.report({**metrics, **where, "checkpoint_persist_s": persisted["s"]}, checkpoint=saved)
+        tune.report(result, checkpoint=saved)
         persisted["s"] = time.perf_counter() - started if saved is not None else 0.0
+
+    def report(epoch: EpochReport, checkpoint_dir: str | None) -> None:
+        bad = nan_failures(epoch.metrics)
+        if bad:
+            raise TrialFailed(f"NaN metric(s) {bad} at epoch {epoch.epoch}")
+        send(epoch_result(replace(epoch, **where, checkpoint_persist_s=persisted["s"])), checkpoint_dir)
+
+    def close(result: RunResult, folder: str) -> None:
+        bad = nan_failures({**result.validation, **result.test, **result.probe})
+        if bad:
+            raise TrialFailed(f"NaN metric(s) {bad} in the test evaluation")
+        send(closing_result(result), folder)
 
     run_config = plan.train_config(config)
     location = plan.best_weights_location(tune.get_context().get_trial_id())
     best_weights = BestWeights(location) if location else None
     if checkpoint is None:
-        run_trial(run_config, plan, report, best_weights=best_weights)
+        run_trial(run_config, plan, report, best_weights=best_weights, close=close)
     else:
         with checkpoint.as_directory() as folder:
-            run_trial(run_config, plan, report, folder, best_weights)
+            run_trial(run_config, plan, report, folder, best_weights, close=close)

@@ -52,13 +52,19 @@ def check_at_least(name: str, value: float, low: float, *, strict: bool = False)
 
 class EmbeddingLoss(nn.Module):
     """Base of the embedding losses: `forward(embeddings, labels)` checks the embeddings are finite,
-    promotes them to at least float32, calls `compute`, and turns a `None` from it (nothing to
-    score in this batch) into a 0 still attached to the graph."""
+    promotes them to at least float32, calls `compute` with autocast off, and turns a `None` from
+    it (nothing to score in this batch) into a 0 still attached to the graph.
+
+    Autocast off: the training step runs the loss inside the model's autocast region, where a bf16
+    autocast would run every matmul of the loss in bf16 again, whatever dtype its inputs have. With
+    it off, every embedding loss computes in float32 at least (G-Loss's graph in float64), on any
+    device and precision, so losses are compared at the same precision."""
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         check_finite(embeddings)
         dtype = loss_dtype(embeddings)
-        value = self.compute(embeddings.to(dtype), labels)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            value = self.compute(embeddings.to(dtype), labels)
         return zero_loss(embeddings) if value is None else value.to(dtype)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:

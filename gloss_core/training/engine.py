@@ -1,7 +1,8 @@
 """The epoch loop of one run: `Run` fits, evaluates, checkpoints and gives the final result.
 
-A run is built by `gloss_core.training.build.build_run`. Hooks stay outside: per-epoch metrics and
-a checkpoint folder go to an injected `report(metrics, checkpoint_dir)`. Host syncs happen once per
+A run is built by `gloss_core.training.build.build_run`. Hooks stay outside: each epoch's typed
+`EpochReport` (`gloss_core.report`) and a checkpoint folder go to an injected
+`report(epoch_report, checkpoint_dir)`; the run ends with a `RunResult`. Host syncs happen once per
 epoch (the loss total), at the log point.
 """
 
@@ -9,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +23,14 @@ from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.graph.propagation import gaussian_affinity
 from gloss_core.graph.sigma import BatchSqrtSigma, FixedSigma
 from gloss_core.losses.gloss import GLoss
+from gloss_core.report import EpochReport, RunResult, better
 from gloss_core.timing import PhaseTimer
+from gloss_core.training.budget import CheckpointBudget, checkpoint_scratch
 from gloss_core.training.checkpoint import BestWeights, CheckpointError, rng_state, save_checkpoint, set_rng_state
 from gloss_core.training.metrics import classification_metrics, silhouettes
 from gloss_core.training.probe import train_linear_probe
 
 ADJACENCY_BATCH = 64  # rows of the fixed training batch whose adjacency is saved per epoch
-SHM = "/dev/shm"
-
-
-def checkpoint_scratch(weight_bytes: int) -> str | None:
-    """Where each epoch's checkpoint is written before `report` hands it on (Ray Tune copies it to
-    storage): memory (`/dev/shm`) when it has room for four checkpoints, so only that copy touches
-    the disk; else the default temporary folder. `GLOSS_CHECKPOINT_SCRATCH` overrides both."""
-    chosen = os.environ.get("GLOSS_CHECKPOINT_SCRATCH")
-    if chosen:
-        return chosen
-    try:
-        if shutil.disk_usage(SHM).free > 4 * 3.2 * weight_bytes:
-            return SHM
-    except OSError:
-        pass
-    return None
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -66,11 +52,6 @@ def embed(model, batches, device: torch.device, autocast: torch.dtype | None
     return torch.cat(logits), torch.cat(embeddings), torch.cat(labels)
 
 
-# seconds a checkpoint takes per byte of model weights: measured at each checkpoint of this process;
-# until then, a state of 3x the model written and copied once each at 1 GB/s
-CHECKPOINT_COST = {"s_per_model_byte": 3 * 2 / 1e9}
-
-
 class Run:
     """One run's model, data, loss, optimiser and state. Built by `build_run`; see its order."""
 
@@ -83,18 +64,15 @@ class Run:
         self.probe_head = None  # standalone: the linear probe, the head an exported model carries
         self.model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.scratch = checkpoint_scratch(self.model_bytes)
+        self.budget = CheckpointBudget(config.checkpoint_every, config.checkpoint_budget, self.model_bytes)
         self.standalone = config.protocol == "standalone"
         self.timer = PhaseTimer(device, enabled=config.timing)
         if isinstance(loss_fn.aux_loss, GLoss):
             loss_fn.aux_loss.timer = self.timer
         self.epoch = 0
-        self.best = {"best_epoch": 0, "selection": -math.inf}
+        self.best = {"best_epoch": 0, "selection": math.nan}  # the best epoch so far and its selection value
         self.best_state = None
-        self.history: list[dict] = []
-        self.unsaved_since = time.perf_counter()  # when the work a crash would lose began
-        # what the next checkpoint will take (write and hand-over): this process's last measured
-        # cost per model byte (a trial process serves many trials), else a prior estimate
-        self.checkpoint_cost_s = CHECKPOINT_COST["s_per_model_byte"] * self.model_bytes
+        self.history: list[EpochReport] = []
 
     @property
     def sigma_value(self) -> float | None:
@@ -115,7 +93,8 @@ class Run:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loss": self.loss_fn.state_dict(), "rng": rng_state(),
-            "epoch": self.epoch, "best": dict(self.best), "history": self.history, "sigma_value": self.sigma_value,
+            "epoch": self.epoch, "best": dict(self.best), "history": [r.state() for r in self.history],
+            "sigma_value": self.sigma_value,
             "best_state": self.best_state if behind and self.best_weights is None else None,
         }
 
@@ -125,7 +104,8 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.loss_fn.load_state_dict(state["loss"])
         set_rng_state(state["rng"])
-        self.epoch, self.best, self.history = state["epoch"], dict(state["best"]), list(state["history"])
+        self.epoch, self.best = state["epoch"], dict(state["best"])
+        self.history = [EpochReport.from_state(r) for r in state["history"]]
         best_epoch = self.best["best_epoch"]
         if state.get("best_state") is not None:
             self.best_state = state["best_state"]
@@ -189,55 +169,49 @@ class Run:
 
     def fit(self, report: Report | None = None) -> None:
         config = self.config
-        while self.epoch < config.epochs:
-            if config.patience and self.epoch - self.best["best_epoch"] >= config.patience:
-                break
+        selection, mode = config.selection(), config.selection_mode
+        while self.epoch < config.epochs and self.stop_reason() is None:
             self.epoch += 1
-            metrics = {"epoch": self.epoch, **self.train_epoch()}
+            metrics = self.train_epoch()
             val, _, _ = self.evaluate(self.data.val)
             metrics.update({f"val_{k}": v for k, v in val.items()})
             metrics["lr"] = self.scheduler.get_last_lr()[0]
-            selection = val["macro_silhouette"] if self.standalone else val["macro_f1"]
-            selection = -math.inf if math.isnan(selection) else selection
-            if selection > self.best["selection"]:
-                self.best = {"best_epoch": self.epoch, "selection": selection}
+            value = metrics[selection]
+            if better(value, self.best["selection"] if self.best["best_epoch"] else None, mode):
+                self.best = {"best_epoch": self.epoch, "selection": value}
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            metrics["best_epoch"] = self.best["best_epoch"]
-            patience_over = bool(config.patience) and self.epoch - self.best["best_epoch"] >= config.patience
-            metrics["last_epoch"] = self.epoch == config.epochs or patience_over
-            self.history.append(metrics)
+            stop = self.stop_reason()
+            epoch = EpochReport(self.epoch, metrics, self.best["best_epoch"], self.score, last=stop is not None,
+                                stop=stop, device=str(self.device))
+            self.history.append(epoch)
             self.save_adjacency()
             if report is not None:
-                self._report(report, metrics)
+                self._report(report, epoch)
 
-    def _checkpoint_due(self, metrics: dict) -> bool:
-        """Every `checkpoint_every` epochs; with a `checkpoint_budget` b, only while the time spent
-        on checkpoints stays within b of the training time (the cost: the last checkpoint's in
-        this process, per model byte; before any, 1 GB/s), and never at the last epoch, after
-        which the run ends and nothing is left to resume."""
+    @property
+    def score(self) -> float:
+        """The selection metric at the best epoch so far (NaN before any finite one)."""
+        return self.best["selection"] if self.best["best_epoch"] else math.nan
+
+    def stop_reason(self) -> str | None:
+        """Why training ends after the current epoch: "early_stop" (no better epoch for `patience`
+        epochs), "budget" (every epoch ran), or None (it goes on)."""
         config = self.config
-        if not config.checkpoint_every or self.epoch % config.checkpoint_every:
-            return False
-        if config.checkpoint_budget is None:
-            return True
-        if metrics.get("last_epoch"):
-            return False
-        unsaved = time.perf_counter() - self.unsaved_since
-        return unsaved * config.checkpoint_budget >= self.checkpoint_cost_s * (1 - config.checkpoint_budget)
+        if self.epoch and config.patience and self.epoch - self.best["best_epoch"] >= config.patience:
+            return "early_stop"
+        return "budget" if self.epoch >= config.epochs else None
 
-    def _report(self, report: Report, metrics: dict) -> None:
-        if self._checkpoint_due(metrics):
+    def _report(self, report: Report, epoch: EpochReport) -> None:
+        if self.budget.due(self.epoch, epoch.last):
             with tempfile.TemporaryDirectory(prefix="gloss-ckpt-", dir=self.scratch) as folder:
                 started = time.perf_counter()
                 save_checkpoint(folder, self.state())
                 written = time.perf_counter()
-                report({**metrics, "checkpoint_write_s": written - started}, folder)
+                report(replace(epoch, checkpoint_write_s=written - started), folder)
                 done = time.perf_counter()
-            self.checkpoint_cost_s = done - started  # the write, and the report's hand-over of the folder
-            CHECKPOINT_COST["s_per_model_byte"] = self.checkpoint_cost_s / max(self.model_bytes, 1)
-            self.unsaved_since = done
+            self.budget.spent(started, done)
         else:
-            report(dict(metrics), None)
+            report(epoch, None)
 
     # ---- artifacts ----------------------------------------------------------------------------
     def save_adjacency(self) -> None:
@@ -258,29 +232,31 @@ class Run:
         np.save(folder / "adjacency_labels.npy", labels.numpy())
 
     # ---- final evaluation -----------------------------------------------------------------------
-    def result(self) -> dict:
+    def result(self) -> RunResult:
+        """Test metrics from the best epoch's weights (restored), with that epoch's validation metrics."""
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        best = next((h for h in self.history if h["epoch"] == self.best["best_epoch"]), {})
+        best = next((r for r in self.history if r.epoch == self.best["best_epoch"]), None)
+        validation = {k: v for k, v in (best.metrics if best else {}).items() if k.startswith("val_")}
         test, test_emb, test_labels = self.evaluate(self.data.test)
-        out = {
-            "best_epoch": self.best["best_epoch"],
-            "epochs_run": self.epoch,
-            **{k: best[k] for k in best if k.startswith("val_")},
-            **{f"test_{k}": v for k, v in test.items()},
-            "time_per_epoch_s": float(np.mean([h["epoch_time_s"] for h in self.history])) if self.history else 0.0,
-            "timing_per_epoch_s": _mean_timing(self.history),
-            "sigma": self.sigma_value,
-            "history": self.history,
-        }
+        result = RunResult(
+            best_epoch=self.best["best_epoch"], score=self.score, epochs_run=self.epoch,
+            stop=self.stop_reason() or "budget", validation=validation, test={f"test_{k}": v for k, v in test.items()},
+            time_per_epoch_s=float(np.mean([r.metrics["epoch_time_s"] for r in self.history])) if self.history else 0.0,
+            timing_per_epoch_s=_mean_timing(self.history), sigma=self.sigma_value, history=list(self.history),
+            device=str(self.device),
+        )
         if self.standalone:
-            out.update(self.probe(test_emb, test_labels))
+            probe = self.probe(test_emb, test_labels)
+            result.probe = {k: probe.pop(k) for k in list(probe) if k.startswith("probe_")}
+            result.validation.update({k: v for k, v in probe.items() if k.startswith("val_")})
+            result.test.update({k: v for k, v in probe.items() if k.startswith("test_")})
         if self.config.artifacts_dir:
             folder = Path(self.config.artifacts_dir)
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / "test_embeddings.npy", test_emb.numpy())
             np.save(folder / "test_labels.npy", test_labels.numpy())
-        return out
+        return result
 
     def probe(self, test_emb, test_labels) -> dict:
         config = self.config
@@ -298,6 +274,6 @@ class Run:
                 "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"]}
 
 
-def _mean_timing(history: list[dict]) -> dict[str, float]:
-    keys = [k for k in (history[0] if history else {}) if k.startswith("time_")]
-    return {k[len("time_"):-len("_s")]: float(np.mean([h[k] for h in history])) for k in keys}
+def _mean_timing(history: list[EpochReport]) -> dict[str, float]:
+    keys = [k for k in (history[0].metrics if history else {}) if k.startswith("time_")]
+    return {k[len("time_"):-len("_s")]: float(np.mean([r.metrics[k] for r in history])) for k in keys}

@@ -1,0 +1,55 @@
+"""Starting or joining Ray for a sweep, quietly: `--address`, else `RAY_ADDRESS` (as `ray job
+submit` sets it), else a new local cluster; shut down at the end if this process started it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import ray
+
+from sweeps import preflight
+
+
+def resolve_address(given: str | None) -> str:
+    """--address, else RAY_ADDRESS, else "local": a new local cluster, never the one a possibly
+    stale `ray_current_cluster` file names."""
+    return given or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _quiet() -> None:
+    """The driver's console carries the sweep's own lines, not Tune's."""
+    # fail fast on an unreachable server: the sweep's own queue and retries take over (resilience.py)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own reporter, silent at verbose=0: our lines instead
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # RAY_AUTH_MODE is left to the user: unset, a local cluster runs with Ray's default token auth
+    # (token made in ~/.ray/auth_token), which matters because Ray binds the node's address, not
+    # loopback (the docs say so, so Ray's notice of its default is not repeated on every run)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: "Token authentication is enabled" not in record.getMessage())
+    # a failed trial: its reason is on its progress line and in its run's `error` tag, not a
+    # traceback from Tune on the console
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+        lambda record: "Trial task failed" not in record.getMessage())
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Trials did not complete" not in record.getMessage())
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None):
+    """Ray for the sweep: already initialised (a caller's), joined, or started here."""
+    _quiet()
+    if ray.is_initialized():
+        yield
+        return
+    resolved = resolve_address(address)
+    preflight.check_address(resolved)
+    ray.init(address=resolved, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+             logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
+    try:
+        yield
+    finally:
+        ray.shutdown()

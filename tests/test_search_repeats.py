@@ -1,0 +1,104 @@
+"""No config trained twice in a cell: a small finite space is enumerated, and a repeated suggestion
+starts no trial (its study is told the earlier outcome). Real Optuna studies, driven the way Tune
+drives a searcher (suggest, results, complete)."""
+
+import optuna
+import pytest
+import yaml
+
+from gloss_core.report import SCORE, EpochReport
+from sweeps.cells import CellSearcher, config_key, finite_points
+from sweeps.spec import Distribution, SpaceSampler
+from trainables.plan import CELL
+from trainables.report import epoch_result
+
+TABLE2 = yaml.safe_load(open("sweeps/specs/table2.yaml"))
+
+
+def spaces_of(spec: dict) -> dict[str, SpaceSampler]:
+    return {name: SpaceSampler({k: Distribution.model_validate(v) for k, v in variant.get("space", {}).items()})
+            for name, variant in spec["losses"].items()}
+
+
+def value_of(config: dict) -> float:
+    """A deterministic score of a config (TPE then keeps proposing the best region)."""
+    return 0.5 + 0.4 * (config["lr"] == 3e-5) + 0.01 * config.get("lam", 0) - 0.01 * config.get("temperature", 0)
+
+
+def final(config: dict, last: bool = True) -> dict:
+    return epoch_result(EpochReport(3, {"val_macro_f1": value_of(config)}, 3, value_of(config), last=last,
+                                    stop="budget" if last else None))
+
+
+def drive(searcher: CellSearcher, concurrent: int = 1) -> dict[str, list[str]]:
+    """Run the searcher to its end, `concurrent` trials at a time; returns cell -> trained configs."""
+    trained: dict[str, list[str]] = {}
+    running: dict[str, dict] = {}
+    n = 0
+    while True:
+        while len(running) < concurrent:
+            n += 1
+            config = searcher.suggest(f"t{n}")
+            if config is None or config == CellSearcher.FINISHED:
+                break
+            running[f"t{n}"] = config
+        if not running:
+            return trained
+        trial_id, config = next(iter(running.items()))
+        del running[trial_id]
+        values = {k: v for k, v in config.items() if k != CELL}
+        trained.setdefault(config[CELL], []).append(config_key(values))
+        searcher.on_trial_complete(trial_id, result={**final(values), "trial_id": trial_id})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_table2_shaped_search_trains_no_config_twice(seed):
+    searcher = CellSearcher(spaces_of(TABLE2), TABLE2["search"]["num_samples"], 4, SCORE, "max", seed)
+    trained = drive(searcher, concurrent=4)
+    repeats = searcher.repeats()
+    for cell, configs in trained.items():
+        assert len(configs) == len(set(configs)), cell  # never the same config twice
+        assert repeats[cell]["trained"] == len(configs)
+        assert repeats[cell]["suggestions"] == repeats[cell]["trained"] + repeats[cell]["skipped_repeats"]
+    # 5 learning rates: enumerated, 5 trials instead of 20; lr x temperature has exactly 20 points
+    assert len(trained["ce"]) == 5 and repeats["ce"]["enumerated_points"] == 5
+    assert len(trained["scl_ce"]) == 20 and repeats["scl_ce"]["enumerated_points"] == 20
+    for cell in ("gloss_o_ce", "gloss_sqrt_ce"):  # sampled: 20 suggestions each, repeats skipped
+        assert repeats[cell]["suggestions"] == 20 and repeats[cell]["enumerated_points"] == 0
+        assert len(searcher.study(cell).trials) == 20  # every suggestion told, repeats included
+    assert searcher.expected_trials() == sum(len(c) for c in trained.values())
+
+
+def test_a_repeat_of_a_trial_still_running_is_told_its_outcome_when_it_ends():
+    space = {"lr": Distribution.model_validate({"choice": [1e-5, 2e-5]}),
+             "sigma": Distribution.model_validate({"loguniform": [0.1, 10.0]})}
+    searcher = CellSearcher({"c": SpaceSampler(space)}, 6, 6, SCORE, "max", 0)
+    study = searcher.study("c")
+    first = searcher.suggest("t1")
+    first_values = {k: v for k, v in first.items() if k != CELL}
+    # a later suggestion repeating t1 while it runs: make the study propose exactly t1's config
+    study.enqueue_trial(first_values)
+    second = searcher.suggest("t2")
+    assert second is not None and config_key({k: v for k, v in second.items() if k != CELL}) != config_key(first_values)
+    assert searcher.repeats()["c"]["skipped_repeats"] == 1 and len(study.trials) == 3
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING and t.params == first_values]
+    assert len(waiting) == 2  # t1 itself and its repeat
+    searcher.on_trial_complete("t1", result={**final(first_values), "trial_id": "t1"})
+    told = [t for t in study.trials if t.params == first_values]
+    assert [t.state for t in told] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert told[0].value == told[1].value == pytest.approx(value_of(first_values))
+    # a repeat of a pruned trial is told pruned at once
+    searcher.on_trial_complete("t2", result={**final({k: v for k, v in second.items() if k != CELL}, last=False)})
+    study.enqueue_trial({k: v for k, v in second.items() if k != CELL})
+    searcher.suggest("t3")
+    pruned = [t for t in study.trials if t.params == {k: v for k, v in second.items() if k != CELL}]
+    assert [t.state for t in pruned] == [optuna.trial.TrialState.PRUNED] * 2
+
+
+def test_finite_points_only_for_small_discrete_spaces():
+    lr = Distribution.model_validate({"choice": [1, 2, 3]})
+    units = Distribution.model_validate({"int": [1, 4]})
+    assert len(finite_points({"lr": lr, "units": units}, 12)) == 12
+    assert finite_points({"lr": lr, "units": units}, 11) is None
+    assert finite_points({"lr": lr, "s": Distribution.model_validate({"uniform": [0, 1]})}, 100) is None
+    assert finite_points({}, 10) is None
