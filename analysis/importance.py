@@ -47,6 +47,8 @@ def param_importances(runs: Runs, min_trials: int = 4, seed: int = 0) -> pd.Data
                 trials = []
                 for _, run in part.iterrows():
                     value = run.get(f"metrics.{SCORE}")
+                    if value is None or value != value:  # a run from before scores: its last value
+                        value = run.get(f"metrics.{sweep.spec.metric}")
                     params = {k: run.get(f"params.{k}") for k in space}
                     if value is None or not math.isfinite(value) or any(v is None for v in params.values()):
                         continue

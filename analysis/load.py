@@ -132,7 +132,8 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
 
 def check_runs(runs: pd.DataFrame) -> list[str]:
     """Problems a reader must know before trusting a table: seeds that some methods lack within a
-    (sweep, protocol, dataset, model) group, duplicate runs (same DUPLICATE_KEY), failed runs."""
+    (sweep, protocol, dataset, model) group, duplicate runs (same DUPLICATE_KEY), runs that trained
+    the same config with the same seeds, failed runs."""
     problems = []
     if runs.empty:
         return ["no trial runs found"]
@@ -150,10 +151,26 @@ def check_runs(runs: pd.DataFrame) -> list[str]:
     for key, rows in dupes.groupby(DUPLICATE_KEY):
         problems.append(f"duplicate runs: {'/'.join(map(str, key))} has {len(rows)} completed runs "
                         f"({', '.join(rows['run_id'])}); the first is used")
+    problems += same_config_and_seeds(runs[runs["ended"] == "completed"])
     failed = runs[runs["ended"].isin(["failed", "interrupted"])]
     for (sweep, phase, ended), rows in failed.groupby(["sweep", "phase", "ended"]):
         problems.append(f"{ended} runs: {len(rows)} in {sweep}/{phase} (excluded from the tables)")
     return problems
+
+
+def same_config_and_seeds(runs: pd.DataFrame) -> list[str]:
+    """Completed runs of one sweep that trained the same config with the same seeds (every param
+    equal, the seed included): the same training run twice, whatever their cells and phases."""
+    params = sorted(c for c in runs.columns if c.startswith("params."))
+    if runs.empty or not params:
+        return []
+    keys = runs[["dataset", "model", "protocol", *params]].map(str).agg("|".join, axis=1)
+    out = []
+    for (sweep, _), rows in runs.assign(_config=keys).groupby(["sweep", "_config"]):
+        if len(rows) > 1:
+            where = ", ".join(f"{r.run_id} ({r.phase} {r.cell}, seed {r.seed})" for r in rows.itertuples())
+            out.append(f"same config and seeds: {sweep} ran one training run {len(rows)} times: {where}")
+    return out
 
 
 def dedupe(frame: pd.DataFrame) -> pd.DataFrame:

@@ -270,7 +270,8 @@ def write_report(experiments: list[str], tracking_uri: str, out: Path, fmt: str 
     out.mkdir(parents=True, exist_ok=True)
     built = build(runs, out, **options)
     title = f"G-Loss analysis: {', '.join(experiments)}"
-    checks = built["problems"] or ["none: every method has the same seeds, no duplicate or failed runs"]
+    checks = built["problems"] or [
+        "none: every method has the same seeds, no duplicate or failed runs, no training run twice"]
     if fmt == "html":
         parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Provenance</h2><ul>",
                  *[f"<li><small>{html.escape(line)}</small></li>" for line in built["provenance"]], "</ul>",

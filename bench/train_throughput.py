@@ -1,16 +1,20 @@
-"""Training throughput on MR: gloss's loop against a reference-style loop, side by side.
+"""Training throughput on MR (or another CSV folder): gloss's loops against a reference-style loop, side by side.
 
 Usage:
     .venv/bin/python bench/train_throughput.py                  # 512 MR texts, batch 128, 2 rounds
     .venv/bin/python bench/train_throughput.py --samples 256 --rounds 1
+    .venv/bin/python bench/train_throughput.py --data ../shared/data/R8 --rounds 3
     .venv/bin/python bench/train_throughput.py --smoke          # seconds: 16 synthetic texts, tiny encoder
 
 Loops timed (one epoch each, interleaved over the rounds, the bundled MiniLM on CPU or CUDA):
-- `ce`: gloss, CE only: length-grouped batches padded to their longest text.
-- `gloss+ce`: gloss, (1 - lam) CE + lam G-Loss on the same forward pass.
+- `ce`: gloss, CE only: length-grouped batches (`--batching grouped`) padded to their longest text.
+- `gloss+ce`: gloss, (1 - lam) CE + lam G-Loss on the same forward pass, the same batches.
+- `gloss+ce`, default batching: the same loss on the default `stratified` batches (every class in
+  proportion, from one length quantile of each; docs/method.md, "Batching"), as `gloss train` runs it.
 - `reference gloss+ce`: the reference code's way: every text padded to 128 tokens, random
   batches, and a second encoder forward pass for the G-Loss term.
-One untimed batch of each loop warms up first. Targets: gloss+ce >= 2x the reference's samples/s; a gloss+ce epoch <= 1.05x a ce epoch.
+One untimed batch of each loop warms up first. Targets: gloss+ce >= 2x the reference's samples/s
+(>= 8x with the default batching on MR and R8); a gloss+ce epoch <= 1.05x a ce epoch.
 The table of docs/benchmarks.md is printed at the end.
 """
 
@@ -34,6 +38,8 @@ from gloss_core.models import TextClassifier, load_tokenizer
 MR = Path(__file__).resolve().parents[2] / "shared" / "data" / "MR"
 LOOPS = {"ce": "length-grouped batches, dynamic padding",
          "gloss+ce": "the same, plus G-Loss on the same forward pass",
+         "gloss+ce, default batching": "class-stratified length buckets (`stratified`), dynamic padding, "
+                                       "G-Loss on the same forward pass",
          "reference gloss+ce": "every text padded to 128 tokens, second forward pass for G-Loss"}
 
 
@@ -53,6 +59,7 @@ def smoke_data(folder: Path) -> Path:
 
 
 def run_epoch(model, optimizer, batches, device, mode: str, gloss: GLoss, lam: float = 0.9) -> float:
+    """One epoch of `mode`: ce, gloss+ce or reference gloss+ce; its seconds."""
     model.train()
     start = time.perf_counter()
     for inputs, labels in batches:
@@ -75,6 +82,7 @@ def run_epoch(model, optimizer, batches, device, mode: str, gloss: GLoss, lam: f
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=MR, help="a CSV folder (train/val/test.csv); default: MR")
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
@@ -86,9 +94,11 @@ def main():
             args.samples, args.batch_size, args.rounds = 16, 8, 1
             data, encoder, label = smoke_data(Path(tmp) / "data"), tiny_model_folder(Path(tmp) / "tiny"), "synthetic"
         else:
-            data, encoder, label = MR, "minilm", "MR"
+            data, encoder, label = args.data, "minilm", args.data.resolve().name
         summary = measure(args, data, encoder, label)
     print(f"gloss+ce vs reference-style: {summary['speedup_vs_reference']:.2f}x samples/s (target >= 2x)")
+    print(f"gloss+ce, default batching vs reference-style: {summary['default_speedup_vs_reference']:.2f}x "
+          "samples/s (target >= 8x)")
     print(f"gloss+ce epoch / ce epoch:   {summary['gloss_ce_epoch_over_ce_epoch']:.3f} (target <= 1.05)")
     print()
     print(markdown_table(["loop", "samples/s"], [[f"`{name}`: {LOOPS[name]}", f"{rate:.1f}"]
@@ -98,14 +108,17 @@ def main():
 
 
 def measure(args, data: Path, encoder: str, label: str) -> dict:
-    """The three loops, one epoch each per round, interleaved; medians over the rounds."""
+    """The four loops, one epoch each per round, interleaved; medians over the rounds."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     splits = load_csv_splits(data, limit=args.samples, subset_seed=0)
     tokenizer = load_tokenizer(encoder)
-    loops = {
-        "ce": Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=0),
-        "gloss+ce": Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=0),
-        "reference gloss+ce": Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=None, pad_to=128),
+    grouped = Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=0, batching="grouped")
+    loops = {  # name -> (what run_epoch computes, batches)
+        "ce": ("ce", grouped),
+        "gloss+ce": ("gloss+ce", grouped),
+        "gloss+ce, default batching": ("gloss+ce", Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=0)),
+        "reference gloss+ce": ("reference gloss+ce",
+                               Batches(splits.train, tokenizer, args.batch_size, 128, shuffle_seed=None, pad_to=128)),
     }
     torch.manual_seed(0)
     model = TextClassifier.from_pretrained(encoder, splits.num_classes).to(device)
@@ -113,24 +126,26 @@ def measure(args, data: Path, encoder: str, label: str) -> dict:
     times = {name: [] for name in loops}
     print(f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.samples} {label} texts, batch {args.batch_size}")
-    for name, batches in loops.items():  # warm-up: one batch of each loop, untimed
+    for mode, batches in loops.values():  # warm-up: one batch of each loop, untimed
         first = next(iter(batches))
-        run_epoch(model, torch.optim.AdamW(model.parameters(), lr=0.0), [first], device, name,
+        run_epoch(model, torch.optim.AdamW(model.parameters(), lr=0.0), [first], device, mode,
                   GLoss(splits.num_classes, seed=0))
     for round_ in range(args.rounds):
-        for name, batches in loops.items():
+        for name, (mode, batches) in loops.items():
             model.load_state_dict(initial)
             optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
             gloss = GLoss(splits.num_classes, gamma=0.7, sigma=1.0, seed=0,
                           formulation="reference" if name.startswith("reference") else "paper")
-            seconds = run_epoch(model, optimizer, batches, device, name, gloss)
+            seconds = run_epoch(model, optimizer, batches, device, mode, gloss)
             times[name].append(seconds)
-            print(f"round {round_ + 1}: {name:20s} {seconds:7.1f} s  {args.samples / seconds:6.1f} samples/s", flush=True)
+            print(f"round {round_ + 1}: {name:26s} {seconds:7.1f} s  {args.samples / seconds:6.1f} samples/s", flush=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     return {
         "samples_per_s": {name: args.samples / s for name, s in med.items()},
         "speedup_vs_reference": med["reference gloss+ce"] / med["gloss+ce"],
+        "default_speedup_vs_reference": med["reference gloss+ce"] / med["gloss+ce, default batching"],
         "gloss_ce_epoch_over_ce_epoch": med["gloss+ce"] / med["ce"],
+        "data": label,
         "device": device.type,
         "samples": args.samples,
         "batch_size": args.batch_size,

@@ -2,7 +2,10 @@
 
 Every `TrainConfig` field is an option (`--sigma sqrt`, `--protocol standalone`, ...), plus
 `--output metrics.json`, `--checkpoint-dir DIR` (the latest epoch's checkpoint is kept there, and
-the best epoch's weights in `DIR/best.safetensors` once they are not the latest) and `--resume DIR`.
+the best epoch's weights in `DIR/best.epochNNNN.safetensors` once they are not the latest) and
+`--resume DIR`. Each checkpoint replaces DIR whole: it is copied to `DIR.tmp-X` (with the best
+weights' files, linked), DIR is renamed `DIR.old-X`, `DIR.tmp-X` becomes DIR and `DIR.old-X` goes;
+a kill at any point leaves one good checkpoint, and the next `gloss train` puts it back in place.
 `--save-model DIR` writes the best epoch's model as a Hugging Face folder (`gloss predict` reads it).
 A progress bar follows the epochs; a summary table ends the run.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import secrets
 import shutil
 import sys
 from dataclasses import fields
@@ -93,6 +98,8 @@ def train(
         config = TrainConfig(**options)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
+    for folder in {checkpoint_dir, resume} - {None}:
+        _recover_checkpoint_dir(folder)
     _check_outputs(output, checkpoint_dir, config.save_model, resume)
 
     with Progress(TextColumn("[bold]epoch {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
@@ -101,7 +108,7 @@ def train(
 
         def report(epoch, folder: str | None) -> None:
             if folder is not None and checkpoint_dir is not None:
-                shutil.copytree(folder, checkpoint_dir, dirs_exist_ok=True)
+                _keep_checkpoint(Path(folder), checkpoint_dir)
             selected, metrics = config.selection(), epoch.metrics
             line = (f"epoch {epoch.epoch}: train loss {metrics['train_loss']:.4f}  {selected} {metrics[selected]:.4f}  "
                     f"(best: {epoch.score:.4f} at epoch {epoch.best_epoch}; {metrics['epoch_time_s']:.1f} s)")
@@ -129,18 +136,59 @@ def train(
 
 def _best_weights(checkpoint_dir: Path | None, resume: Path | None):
     """The best epoch's weights live beside the kept checkpoint; resuming into another folder takes
-    the resumed folder's file along."""
+    the resumed folder's files along (the epoch files, and the one `best.safetensors` of a
+    checkpoint made before files were named by epoch)."""
     from gloss_core.training.checkpoint import BEST_FILE, BestWeights
 
     home = checkpoint_dir or resume
     if home is None:
         return None
     if resume is not None and checkpoint_dir is not None and resume.resolve() != checkpoint_dir.resolve():
-        source = resume / BEST_FILE
-        if source.is_file():
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, checkpoint_dir / BEST_FILE)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for source in resume.glob(f"{Path(BEST_FILE).stem}*.safetensors"):
+            shutil.copy2(source, checkpoint_dir / source.name)
     return BestWeights(home / BEST_FILE)
+
+
+def _keep_checkpoint(folder: Path, target: Path) -> None:
+    """`target` becomes a copy of the checkpoint `folder`, with what else `target` held (the best
+    weights' files, hard-linked where the filesystem allows), replaced whole: never half a copy."""
+    tag = secrets.token_hex(4)
+    new, old = target.with_name(f"{target.name}.tmp-{tag}"), target.with_name(f"{target.name}.old-{tag}")
+    shutil.copytree(folder, new)
+    if target.is_dir():
+        for entry in target.iterdir():
+            if not (new / entry.name).exists():
+                if entry.is_dir():
+                    shutil.copytree(entry, new / entry.name, copy_function=_link)
+                else:
+                    _link(entry, new / entry.name)
+        os.rename(target, old)  # from here to the next rename DIR is missing: `_recover_checkpoint_dir`
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _link(source, destination) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _recover_checkpoint_dir(target: Path) -> None:
+    """What a `gloss train` killed in `_keep_checkpoint` left: with `target` in place, a leftover
+    `.tmp-X` (a copy not finished, or not needed) and `.old-X` (the one replaced) go; without it,
+    the `.tmp-X` whose `.old-X` is there is whole (the old is renamed only once the copy is done)
+    and takes its place, else the `.old-X` comes back."""
+    leftovers = sorted(target.parent.glob(f"{target.name}.tmp-*")) + sorted(target.parent.glob(f"{target.name}.old-*"))
+    if not target.exists():
+        for old in sorted(target.parent.glob(f"{target.name}.old-*")):
+            new = old.with_name(f"{target.name}.tmp-{old.name.rsplit('-', 1)[1]}")
+            os.rename(new if new.is_dir() else old, target)
+            break
+    for leftover in leftovers:
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _config_parameters() -> list[inspect.Parameter]:

@@ -22,6 +22,7 @@ CHOICES = {
     "class_weights": ("none", "balanced"), "optimizer": ("adam", "adamw"),
     "scheduler": ("constant", "multistep", "linear"), "precision": ("auto", "fp32", "bf16"),
     "gloss_formulation": ("paper", "reference"), "selection_mode": ("max", "min"),
+    "batching": ("stratified", "grouped", "random"),
 }
 AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "probe_epochs", "probe_patience")
 # (low, high, low inclusive) of every other bounded number; None values (unset) are not checked
@@ -126,6 +127,8 @@ class TrainConfig:
     selection_mode: str = option("max", "max | min: whether a higher selection metric is better")
     batch_size: int = option(32, "rows per batch")
     max_length: int = option(128, "truncation length in tokens")
+    batching: str = option("stratified", "training batches: stratified (every class in proportion, length-bucketed) "
+                                         "| grouped (length-sorted, pads least) | random (a plain shuffle)")
     # standalone linear probe
     probe_epochs: int = option(200, "standalone: maximum epochs of the linear probe")
     probe_patience: int = option(10, "standalone: the probe's early-stopping patience")

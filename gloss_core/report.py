@@ -17,13 +17,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from gloss_core.errors import UserError
+
 SCORE = "score"  # the name a run's score travels under (Tune's metric, an MLflow metric)
 BEST_EPOCH, EPOCHS_RUN = "best_epoch", "epochs_run"  # names of a finished run's numbers (`RunResult.metrics`)
 SELECTION_METRICS = {  # what each protocol measures on the validation split after every epoch
     "integrated": ("val_macro_f1", "val_accuracy", "val_macro_silhouette", "val_micro_silhouette"),
     "standalone": ("val_macro_silhouette", "val_micro_silhouette"),
 }
-STOPS = ("budget", "early_stop")  # why a run's last epoch was its last: all epochs ran, or patience ran out
+
+
+class StateFormatError(UserError, ValueError):
+    """A checkpoint another version of gloss wrote, which this version cannot resume."""
 
 
 def better(value: float, than: float | None, mode: str) -> bool:
@@ -72,6 +77,9 @@ class EpochReport:
 
     @classmethod
     def from_state(cls, state: dict) -> "EpochReport":
+        if "metrics" not in state or SCORE not in state:
+            raise StateFormatError("the checkpoint was written by an earlier version of gloss (its history holds no "
+                                   "typed epoch reports); resume it with that version, or train again")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in state.items() if k in known}
         return cls(**{**values, "gpu_ids": tuple(values.get("gpu_ids", ()))})
@@ -92,7 +100,8 @@ class RunResult:
         time_per_epoch_s: mean seconds per epoch; `timing_per_epoch_s` the mean per phase.
         sigma: G-Loss's fixed kernel width (scaled), or None.
         history: every epoch's report.
-        total_time_s, majority_val_accuracy, data_notes, seeds, config, device: filled in by
+        device: where it trained (set by the engine).
+        total_time_s, majority_val_accuracy, data_notes, seeds, config: filled in by
             `gloss_core.train.train`.
     """
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import pickle
+import random
 from typing import Callable
 
 import optuna
@@ -26,39 +27,65 @@ from trainables.report import read_result
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell is noise
 
 
-class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that records scheduler-stopped trials as PRUNED, not COMPLETE.
+def outcome(result: dict | None, error: bool) -> tuple[optuna.trial.TrialState, float | None]:
+    """How a trial ended, for its study: COMPLETE with its score when its training ran to its end
+    (all epochs, or its own early stopping) with a finite score; PRUNED when it ended early
+    without an error (ASHA stopped it); FAIL otherwise (an error, or no finite score)."""
+    read = read_result(result)
+    if error or result is None:
+        return (optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED), None
+    if not read.last:
+        return optuna.trial.TrialState.PRUNED, None
+    if read.score != read.score:
+        return optuna.trial.TrialState.FAIL, None
+    return optuna.trial.TrialState.COMPLETE, read.score
 
-    A trial is complete only if its last result says it ran to its end (all epochs, or its own
-    early stopping); anything else that ends without an error was stopped by ASHA and is told to
-    Optuna as pruned, with its intermediate values kept. Its metric is the trial's score (the
-    selection metric at its best epoch so far, `trainables.report`), so a completed trial is told
-    its best epoch's value, the value the sweep selects on, not its last epoch's.
+
+def tell(study: optuna.Study, ot_trial, state: optuna.trial.TrialState, value: float | None) -> None:
+    if state == optuna.trial.TrialState.COMPLETE:
+        study.tell(ot_trial, value)
+    else:
+        study.tell(ot_trial, None, state=state)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells each trial's study how it ended (`outcome`): a trial ASHA stopped
+    is PRUNED, with its intermediate values kept, not COMPLETE. Its metric is the trial's score
+    (the selection metric at its best epoch so far, `trainables.report`), so a completed trial is
+    told its best epoch's value, the value the sweep selects on, not its last epoch's.
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if (not error and result is not None and not read_result(result).last
-                and trial_id in self._ot_trials and trial_id not in self._completed_trials):
-            ot_trial = self._ot_trials[trial_id]
-            read = read_result(result)
-            if read.epochs and read.score == read.score:
-                ot_trial.report(read.score, read.epochs)
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+        if trial_id not in self._ot_trials or trial_id in self._completed_trials:
             return
-        super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        state, value = outcome(result, error)
+        read = read_result(result)
+        if state == optuna.trial.TrialState.PRUNED and read.epochs and read.score == read.score:
+            ot_trial.report(read.score, read.epochs)
+        tell(self._ot_study, ot_trial, state, value)
+        self._completed_trials.add(trial_id)
+
+
+def space_size(space: dict) -> int | None:
+    """The number of points of a space whose entries are all `choice` or `int` (an empty space has
+    one: the cell's constants); None otherwise."""
+    if any(d.choice is None and d.integer is None for d in space.values()):
+        return None
+    return math.prod(len(d.choice) if d.choice is not None else d.integer[1] - d.integer[0] + 1
+                     for d in space.values())
+
+
+def _values(dist) -> list:
+    return list(dist.choice) if dist.choice is not None else list(range(dist.integer[0], dist.integer[1] + 1))
 
 
 def finite_points(space: dict, limit: int) -> list[dict] | None:
-    """Every point of a space whose entries are all `choice` or `int`, if there are at most `limit`;
-    None for a space with a continuous entry or more points."""
-    if not space or any(d.choice is None and d.integer is None for d in space.values()):
+    """Every point of a finite space (`space_size`) of at most `limit` points, else None."""
+    size = space_size(space)
+    if size is None or size > limit:
         return None
-    axes = [(k, list(d.choice) if d.choice is not None else list(range(d.integer[0], d.integer[1] + 1)))
-            for k, d in space.items()]
-    if math.prod(len(values) for _, values in axes) > limit:
-        return None
-    return [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*(v for _, v in axes))]
+    return [dict(zip(space, combo)) for combo in itertools.product(*(_values(d) for d in space.values()))]
 
 
 def config_key(config: dict) -> str:
@@ -70,21 +97,26 @@ def config_key(config: dict) -> str:
 class CellSearcher(Searcher):
     """Routes each suggestion to one cell's own study, and never trains one config twice in a cell.
 
-    A finite space (only `choice` and `int` entries) with no more points than `num_samples` is
-    enumerated: every point once, and no more trials. Otherwise, when a cell's study suggests a
-    config the cell has already trained (or is training), no trial starts: the study is told the
-    earlier trial's outcome (its score, or pruned, or failed; when that trial ends, if it still
-    runs) and asked again. `repeats()` says per cell how many suggestions were skipped.
+    Each cell trains `num_samples` distinct configs, or every point once when its space is finite
+    (only `choice` and `int` entries) with fewer points: such a space is enumerated. When a cell's
+    study suggests a config the cell has already trained (or is training), no trial starts: the
+    study is told the earlier trial's outcome (at once, or when that trial ends) and asked again,
+    so a repeat costs no trial and no budget. After `REPEAT_STREAK` repeats in a row the study is
+    handed a random untried point (a finite space TPE keeps proposing the same region of).
+    `repeats()` says per cell how many suggestions were skipped.
 
     Args:
         spaces: cell name -> its define-by-run space (a `SpaceSampler`; its `space` says whether
             it is finite).
-        num_samples: trials per cell.
+        num_samples: distinct trials per cell.
         max_concurrent: running trials per cell.
         metric, mode: what every study optimises (the trials' score).
         seed: seed of every cell's TPE sampler (the same suggestion sequence per cell, which suits
-            paired comparisons of losses).
+            paired comparisons of losses) and of the untried points.
     """
+
+    REPEAT_STREAK = 20
+    GIVE_UP = 1000  # repeats in a row after which one is trained after all (a guard: never reached in practice)
 
     def __init__(self, spaces: dict[str, Callable], num_samples: int, max_concurrent: int,
                  metric: str, mode: str, seed: int = 0):
@@ -95,17 +127,20 @@ class CellSearcher(Searcher):
                                          sampler=optuna.samplers.TPESampler(seed=seed))
             for name, space in spaces.items()
         }
-        self.quota: dict[str, int] = {}  # suggestions per cell: num_samples, or the points of a small finite space
+        self.spaces = {name: getattr(space, "space", {}) for name, space in spaces.items()}
+        self.quota: dict[str, int] = {}  # distinct trials per cell: num_samples, or a smaller finite space's points
         self.enumerated: dict[str, int] = {}  # cell -> points of its enumerated space
-        for name, space in spaces.items():
-            points = finite_points(getattr(space, "space", {}), num_samples)
-            self.quota[name] = num_samples if points is None else len(points)
-            if points is not None:
-                self.enumerated[name] = len(points)
-                for point in points:
+        for name, space in self.spaces.items():
+            size = space_size(space)
+            self.quota[name] = num_samples if size is None else min(num_samples, size)
+            if size is not None and size <= num_samples:
+                self.enumerated[name] = size
+                for point in finite_points(space, num_samples):
                     self.searchers[name]._ot_study.enqueue_trial(point)
-        self.started = {name: 0 for name in spaces}  # suggestions made, skipped repeats included
+        self.rng = random.Random(seed)  # the untried points handed to a study stuck on repeats
+        self.started = {name: 0 for name in spaces}  # trials started (distinct configs)
         self.skipped = {name: 0 for name in spaces}  # repeats answered with an earlier outcome
+        self.streak = {name: 0 for name in spaces}  # repeats in a row
         self.live: dict[str, str] = {}  # trial id -> cell
         self.keys: dict[str, str] = {}  # trial id -> its config's key
         self.running: dict[str, dict[str, str]] = {name: {} for name in spaces}  # cell -> key -> running trial id
@@ -115,9 +150,9 @@ class CellSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # set per cell at construction
 
-    def expected_trials(self) -> int:
-        """The Tune trials this search runs when it is complete: every suggestion but the skipped."""
-        return sum(self.quota[c] - self.skipped[c] for c in self.searchers)
+    def total_trials(self) -> int:
+        """The Tune trials the search runs: each cell's quota of distinct configs."""
+        return sum(self.quota.values())
 
     def suggest(self, trial_id: str):
         while True:
@@ -133,26 +168,40 @@ class CellSearcher(Searcher):
             config = searcher.suggest(trial_id)
             if config is None or config == Searcher.FINISHED:
                 return None
-            self.started[cell] += 1
             key = config_key(config)
-            if key in self.outcomes[cell] or key in self.running[cell]:
-                repeat = searcher._ot_trials.pop(trial_id)  # this id goes to the next suggestion
-                self.skipped[cell] += 1
-                if key in self.outcomes[cell]:
-                    self._tell(cell, repeat, *self.outcomes[cell][key])
-                else:
-                    self.waiting.setdefault(self.running[cell][key], []).append(repeat)
+            repeat = key in self.outcomes[cell] or key in self.running[cell]
+            if repeat and self.streak[cell] < self.GIVE_UP:
+                self._repeat(cell, key, searcher._ot_trials.pop(trial_id))  # this id goes to the next suggestion
                 continue
+            self.streak[cell] = 0
+            self.started[cell] += 1
             self.live[trial_id], self.keys[trial_id] = cell, key
             self.running[cell][key] = trial_id
             return {CELL: cell, **config}
 
-    def _tell(self, cell: str, ot_trial, state, value) -> None:
-        study = self.searchers[cell]._ot_study
-        if state == optuna.trial.TrialState.COMPLETE:
-            study.tell(ot_trial, value)
+    def _repeat(self, cell: str, key: str, ot_trial) -> None:
+        """A suggestion the cell has trained or is training: its study hears that trial's outcome."""
+        self.skipped[cell] += 1
+        self.streak[cell] += 1
+        if key in self.outcomes[cell]:
+            tell(self.study(cell), ot_trial, *self.outcomes[cell][key])
         else:
-            study.tell(ot_trial, None, state=state)
+            self.waiting.setdefault(self.running[cell][key], []).append(ot_trial)
+        if self.streak[cell] % self.REPEAT_STREAK == 0:
+            untried = self._untried(cell)
+            if untried is not None:
+                self.study(cell).enqueue_trial(untried)
+
+    def _untried(self, cell: str) -> dict | None:
+        """A random point of the cell's finite space that it has neither trained nor is training."""
+        space, tried = self.spaces[cell], set(self.outcomes[cell]) | set(self.running[cell])
+        if space_size(space) is None:
+            return None
+        for _ in range(1000):
+            point = {k: self.rng.choice(_values(d)) for k, d in space.items()}
+            if config_key(point) not in tried:
+                return point
+        return next((p for p in finite_points(space, space_size(space)) if config_key(p) not in tried), None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         cell = self.live.get(trial_id)
@@ -164,19 +213,13 @@ class CellSearcher(Searcher):
         if cell is None:
             return
         self.searchers[cell].on_trial_complete(trial_id, result=result, error=error)
-        read = read_result(result)
-        if error or result is None or (read.last and read.score != read.score):
-            outcome = (optuna.trial.TrialState.FAIL, None)
-        elif not read.last:
-            outcome = (optuna.trial.TrialState.PRUNED, None)
-        else:
-            outcome = (optuna.trial.TrialState.COMPLETE, read.score)
+        ended = outcome(result, error)
         key = self.keys.pop(trial_id, None)
         if key is not None:
             self.running[cell].pop(key, None)
-            self.outcomes[cell][key] = outcome
+            self.outcomes[cell][key] = ended
         for repeat in self.waiting.pop(trial_id, []):
-            self._tell(cell, repeat, *outcome)
+            tell(self.study(cell), repeat, *ended)
 
     def study(self, cell: str) -> optuna.Study:
         return self.searchers[cell]._ot_study
@@ -192,7 +235,7 @@ class CellSearcher(Searcher):
 
     def repeats(self) -> dict[str, dict[str, int]]:
         """Per cell: suggestions, trials trained, repeats skipped, and the points of an enumerated space."""
-        return {cell: {"suggestions": self.started[cell], "trained": self.started[cell] - self.skipped[cell],
+        return {cell: {"suggestions": self.started[cell] + self.skipped[cell], "trained": self.started[cell],
                        "skipped_repeats": self.skipped[cell], "enumerated_points": self.enumerated.get(cell, 0)}
                 for cell in self.searchers}
 

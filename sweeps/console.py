@@ -24,8 +24,10 @@ def say(line: str) -> None:
 def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool) -> None:
     """What is about to run and where its results go."""
     replicate = f", then each cell's best on seeds {spec.replicate.seeds}" if spec.replicate else ""
-    say(f"sweep {spec.name}{' (resumed)' if resume else ''}: {cells} cells, {spec.search.num_samples} search trials "
-        f"each (ASHA up to {spec.asha.max_t} epochs, ranked by {spec.metric} at each trial's best epoch){replicate}")
+    say(f"sweep {spec.name}{' (resumed)' if resume else ''}: {cells} cells, up to {spec.search.num_samples} distinct "
+        f"search trials each (ASHA up to {spec.asha.max_t} epochs){replicate}")
+    say(f"a trial's score: {spec.metric} at its best epoch ({spec.mode}); the search, ASHA and the choice of each "
+        "cell's best rank by it")
     if spec.sensitivity:
         say(f"then sensitivity of {', '.join(spec.sensitivity.losses)} around its best config: "
             f"{describe(spec.sensitivity.params)} on seeds {spec.sensitivity_seeds()}")

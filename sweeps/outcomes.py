@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ray import tune
 
+from gloss_core.report import better
 from sweeps.sensitivity import Point
 from trainables.plan import CELL, PhasePlan
 from trainables.report import TrialResult, read_result
@@ -52,7 +53,7 @@ def best_trials(results: tune.ResultGrid, plan: PhasePlan, mode: str) -> dict[st
             continue
         cell = result.config.get(CELL)
         current = best.get(cell)
-        if current is None or (read.score > current.value if mode == "max" else read.score < current.value):
+        if better(read.score, None if current is None else current.value, mode):
             best[cell] = BestTrial(plan.values(result.config), read.score, read.trial_id)
     return best
 

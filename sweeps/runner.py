@@ -129,11 +129,10 @@ class SweepRunner:
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
-             total, finished, cells: dict[str, Cell] | None = None) -> tune.ResultGrid:
+             total: int, finished, cells: dict[str, Cell] | None = None) -> tune.ResultGrid:
         """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go.
         Tune returns normally on SIGINT, and marks the trials it stopped TERMINATED: the phase is
-        complete only if `finished(results)` says every trial ended and the `total` expected trials
-        exist (a number, or a callable asked after `finished`).
+        complete only if every expected trial exists and `finished(results)` says they all ended.
         `cells`: the phase's cells by name (default: the grid's); a sensitivity point's runs go
         under its grid cell's parent run."""
         phase = plan.phase
@@ -144,8 +143,7 @@ class SweepRunner:
         parents = {name: base_parents[cell.extra_tags.get("base_cell", name)] for name, cell in cells.items()}
         logger = MLflowTrialLogger(self.uri, self.exp_id, parents, cells, plan,
                                    unlogged=self.storage.file(f"mlflow_unlogged_{phase}.json"))
-        progress = ProgressPrinter(phase, self.spec.metric, tune_config.num_samples if callable(total) else total,
-                                   console.console.width)
+        progress = ProgressPrinter(phase, self.spec.metric, total, console.console.width)
         resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
         trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
         if resume and self.storage.exists(phase) and _can_restore(self.storage, phase):
@@ -160,7 +158,7 @@ class SweepRunner:
             )
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
         results = tuner.fit()
-        if not finished(results) or len(results) < (total() if callable(total) else total):
+        if len(results) < total or not finished(results):
             raise SweepInterrupted(phase)
         reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, trial_ids(results))
         return results
@@ -174,7 +172,7 @@ class SweepRunner:
         searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in self.cells.items()},
                                 spec.search.num_samples, spec.search.max_concurrent, SCORE, spec.mode, spec.search.seed)
         scheduler = CellASHA(SCORE, spec.mode, spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
-        total = sum(searcher.quota.values())  # suggestions; a small finite space is enumerated instead
+        total = searcher.total_trials()  # num_samples distinct configs per cell; a smaller finite space enumerated
         tune_config = tune.TuneConfig(
             metric=SCORE, mode=spec.mode, search_alg=searcher, scheduler=scheduler, num_samples=total,
             max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
@@ -186,17 +184,19 @@ class SweepRunner:
                 searcher.restore_from_dir(folder)  # the studies as Tune saved them at the end
             return not any(states["RUNNING"] for states in searcher.trial_states().values())
 
-        results = self._fit(plan, {}, tune_config, resume, searcher.expected_trials, finished)
+        results = self._fit(plan, {}, tune_config, resume, total, finished)
         outcome = SearchOutcome(best_trials(results, plan, spec.mode), searcher.trial_states(), searcher.repeats())
         console.repeats(outcome.repeats, spec.search.num_samples)
         return outcome
 
     def _seeded(self, phase: str, constants: dict[str, dict], seeds: list[int], resume: bool,
                 cells: dict[str, Cell] | None = None, artifacts: bool = False, export: bool = False) -> dict:
-        """Run each fixed config (name -> training options) on every seed, closing with the test
-        metrics; returns name -> the closing report of each seed that finished."""
+        """Run each fixed config (name -> training options) on every replicate seed, closing with the
+        test metrics; each trains on its grid seed's training seed for that replicate seed
+        (`trainables.plan.training_seed`). Returns name -> the closing report of each seed that finished."""
+        grid_seeds = {name: (cells or self.cells)[name].seed for name in constants}
         plan = PhasePlan(phase, constants, self.threads, report_test=True, artifacts=artifacts, export=export,
-                         best_weights_dir=self._best_weights_dir(phase))
+                         best_weights_dir=self._best_weights_dir(phase), grid_seeds=grid_seeds)
         param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(seeds)}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
         results = self._fit(plan, param_space, tune_config, resume, len(constants) * len(seeds), replicates_finished,

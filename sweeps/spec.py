@@ -26,6 +26,7 @@ from gloss_core.report import SELECTION_METRICS
 from sweeps.sensitivity import PERTURBABLE, Sensitivity
 from sweeps.space import Distribution, SpaceSampler, Strict  # noqa: F401 - SpaceSampler: part of the spec's API
 from sweeps.yaml_strict import MAX_SPEC_BYTES, SpecYAMLError, load_yaml, short
+from trainables.plan import SEED_STRIDE
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # set by the grid (and the spec's metric and mode), not by overrides
@@ -36,6 +37,19 @@ SWEEP_CHECKPOINT_BUDGET = 0.05  # a trial spends at most 5% of its time on check
 
 class SpecError(UserError, ValueError):
     """An invalid sweep spec; the message names the file, key and what is allowed."""
+
+
+CELL_JOIN = "__"  # joins a cell's dataset, model, loss variant and seed into its name
+
+
+def _no_join(names, field: str) -> None:
+    """A name holding the join of cell names could make two cells one name (`A__B` + `C` and `A` +
+    `B__C`): refused."""
+    for name in names:
+        if CELL_JOIN in str(name):
+            raise ValueError(f"{field}.{name}: a name may not hold {CELL_JOIN!r}, which joins a cell's dataset, "
+                             f"model and loss variant into its name (two cells could get one name); "
+                             f"rename it, e.g. {str(name).replace(CELL_JOIN, '_')!r}")
 
 
 def _check_overrides(values: dict, where: str) -> dict:
@@ -77,6 +91,10 @@ def _unique_seeds(seeds: list[int]) -> list[int]:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ValueError(f"seeds repeat: {repeated}; each seed runs once, so give each once")
+    outside = [s for s in seeds if not 0 <= s < SEED_STRIDE]
+    if outside:
+        raise ValueError(f"seeds {outside} are outside [0, {SEED_STRIDE:,}); each grid seed's replicates train on "
+                         f"grid seed x {SEED_STRIDE:,} + replicate seed")
     return seeds
 
 
@@ -132,6 +150,7 @@ class SweepSpec(Strict):
             if not isinstance(overrides, dict):
                 raise ValueError(f"entry {name!r} must be a mapping of training options")
             _check_overrides(overrides, f"{info.field_name}.{name}")
+        _no_join(values, info.field_name)
         return values
 
     @field_validator("losses")
@@ -139,6 +158,7 @@ class SweepSpec(Strict):
     def _losses(cls, losses):
         if not losses:
             raise ValueError("give at least one loss variant")
+        _no_join(losses, "losses")
         return losses
 
     @field_validator("seeds")
@@ -167,6 +187,9 @@ class SweepSpec(Strict):
                              f"{self.protocol} protocol; use one of {list(SELECTION_METRICS[self.protocol])}")
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        if self.replicate is not None and 0 in self.seeds and 0 in self.replicate.seeds:
+            raise ValueError("replicate.seeds: 0 trains grid seed 0's best config with that cell's own search seed, "
+                             "rerunning its best search trial exactly; use replicate seeds >= 1")
         if self.sensitivity is not None:
             self._check_sensitivity(self.sensitivity)
         return self
@@ -206,9 +229,21 @@ class SweepSpec(Strict):
                                      **self.train, **dopts, **mopts,
                                      "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed,
                                      "selection_metric": self.metric, "selection_mode": self.mode}
-                        out.append(Cell(self.name, f"{dname}__{mname}__{lname}__s{seed}", dname, mname, lname, seed,
-                                        self.protocol, constants, variant.space))
+                        name = CELL_JOIN.join([dname, mname, lname, f"s{seed}"])
+                        out.append(Cell(self.name, name, dname, mname, lname, seed, self.protocol, constants,
+                                        variant.space))
         return out
+
+    def check_names(self) -> None:
+        """No two cells share a name (it keys the cell's Optuna study, parent run and trials). With
+        no `__` in a key only underscores at a key's edge can still make one (`A_` + `B`, `A` + `_B`)."""
+        seen: dict[str, Cell] = {}
+        for cell in self.cells():
+            other = seen.setdefault(cell.name, cell)
+            if other is not cell:
+                raise SpecError(f"cells ({other.dataset}, {other.model}, {other.loss}) and ({cell.dataset}, "
+                                f"{cell.model}, {cell.loss}) would both be named {cell.name!r}; rename a dataset, "
+                                "model or loss variant so that cell names stay apart")
 
     def check_cells(self) -> None:
         """Build a TrainConfig for every cell with the space's lowest values, and with each choice
@@ -293,6 +328,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                 raise SpecError(f"{path}: {field}.{name}.{key}: {value!r} does not exist (relative paths are read from "
                                 f"{Path.cwd()})")
     try:
+        spec.check_names()
         spec.check_cells()
     except SpecError as err:
         raise SpecError(f"{path}: {err}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from gloss_core.provenance import default_tracking_uri, redact
-from gloss_core.report import SCORE
+from gloss_core.report import SCORE, better
 from sweeps.record import read_record
 from sweeps.spec import DEFAULT_METRIC
 
@@ -37,7 +37,8 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
             metric, mode, value = "test_macro_f1", "max", run.data.metrics.get("test_macro_f1")
         else:  # the score is of the spec's metric (a sweep from before specs were recorded: the default)
             metric = spec.metric if spec is not None else DEFAULT_METRIC.get(tags.get("protocol", ""), "val_macro_f1")
-            mode, value = (spec.mode if spec is not None else "max"), run.data.metrics.get(SCORE)
-        if value is not None and (row["best"] is None or (value > row["best"] if mode == "max" else value < row["best"])):
+            mode = spec.mode if spec is not None else "max"
+            value = run.data.metrics.get(SCORE, run.data.metrics.get(metric))  # runs from before scores: the last value
+        if value is not None and better(value, row["best"], mode):
             row["best"], row["metric"] = value, metric
     return [rows[k] for k in sorted(rows)]

@@ -22,6 +22,9 @@ import pyarrow.fs
 from gloss_core.errors import UserError
 
 MARKER = "gloss-sweep.json"  # written when a sweep starts: nothing without it is ever deleted
+# what the Tune state in a sweep folder holds (the searcher, the trial logger, trial checkpoints);
+# 2: typed trial reports and scores. A folder of another format is never resumed.
+STATE_FORMAT = 2
 
 
 class NotOurFolder(UserError):
@@ -123,7 +126,7 @@ class SweepStorage:
         """Claim the folder for this sweep (kept on resume; a new start rewrites it)."""
         previous = self.marker() or {}
         self.file(MARKER).write_text(json.dumps({
-            "sweep": self.name, "spec_sha256": spec_hash,
+            "sweep": self.name, "spec_sha256": spec_hash, "state_format": STATE_FORMAT,
             "created": previous.get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }, indent=2))
 
@@ -162,6 +165,10 @@ class SweepExists(UserError, FileExistsError):
     """The sweep's folder holds an earlier run, and neither --resume nor --restart was given."""
 
 
+class StateFormatMismatch(UserError):
+    """--resume of a sweep folder whose Tune state another version of gloss wrote."""
+
+
 def check_folder(storage: SweepStorage, resume: bool, restart: bool) -> None:
     """The sweep's folder may be used: absent, or carrying this sweep's marker, with --resume or
     --restart when it holds an earlier run."""
@@ -170,3 +177,9 @@ def check_folder(storage: SweepStorage, resume: bool, restart: bool) -> None:
         if not resume and not restart:
             raise SweepExists(f"{storage} holds an earlier run of sweep {storage.name!r}: pass --resume to continue it, "
                               "or --restart to discard it and start again")
+        found = (storage.marker() or {}).get("state_format", 1)
+        if resume and found != STATE_FORMAT:
+            raise StateFormatMismatch(
+                f"{storage} holds sweep {storage.name!r} as an earlier version of gloss wrote it (state format {found}; "
+                f"this version reads {STATE_FORMAT}), which this version cannot resume: resume it with the version "
+                "that started it, or pass --restart to discard it and start again")

@@ -28,7 +28,7 @@ from sweeps.spec import Cell
 from sweeps.transfer import CheckpointTransfer
 from sweeps.trial_runs import TrialRuns
 from trainables.plan import CELL, PhasePlan
-from trainables.report import read_result
+from trainables.report import EPOCH, read_result
 
 
 class MLflowTrialLogger(LoggerCallback):
@@ -53,7 +53,7 @@ class MLflowTrialLogger(LoggerCallback):
         self.unlogged, self.flush_timeout_s = unlogged, flush_timeout_s
         self.restored = False  # set_state ran: trials that ended before the restored save get closed
         self._tagged: set[str] = set()  # trials whose run has its node and device tags
-        self.queue = WriteQueue().start()
+        self.queue = self._writer()
         self.cleanup = TrialCleanup(plan)
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks: the thread and queued closures stay behind
@@ -61,7 +61,13 @@ class MLflowTrialLogger(LoggerCallback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.queue = WriteQueue().start()
+        self.queue = self._writer()
+
+    def _writer(self) -> WriteQueue:
+        """The writer thread's queue: a dropped write tags its run; reading the experiment tells a
+        store that is down from a write that fails on its own."""
+        runs = self.trial_runs
+        return WriteQueue(on_lost=runs.tag, probe=lambda: runs.client.get_experiment(runs.experiment)).start()
 
     @property
     def runs(self) -> dict[str, str]:
@@ -83,8 +89,9 @@ class MLflowTrialLogger(LoggerCallback):
     def log_trial_start(self, trial) -> None:
         cell = self.cells[trial.config[CELL]]
         values = self.plan.values(trial.config)
+        tags = {"replicate_seed": str(trial.config["seed"])} if self.plan.grid_seeds else {}
         self.load.started(trial.trial_id)
-        self.queue.submit(trial.trial_id, "start", lambda: self.trial_runs.start(trial.trial_id, cell, values))
+        self.queue.submit(trial.trial_id, "start", lambda: self.trial_runs.start(trial.trial_id, cell, values, tags))
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         tid, read = trial.trial_id, read_result(result)
@@ -99,7 +106,7 @@ class MLflowTrialLogger(LoggerCallback):
                                                                     lambda: self.trial_runs.run_of(tid), metrics))
         if read.curve:
             curve = self.curves.setdefault(tid, [])
-            curve[:] = [row for row in curve if row["epoch"] < read.epochs]  # a restored trial repeats epochs
+            curve[:] = [row for row in curve if row[EPOCH] < read.epochs]  # a restored trial repeats epochs
             curve.append(read.curve)
 
     def log_trial_end(self, trial, failed: bool = False) -> None:

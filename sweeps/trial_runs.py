@@ -2,11 +2,11 @@
 
 A trial's run is a child of its cell's parent run. It carries the flat training config as params
 and tags: the cell's (sweep, cell, dataset, model, loss, protocol), `seed` = the trial's training
-seed, `cell_seed` = the grid's seed, phase, trial id, `ended` = running | completed |
+seed, `cell_seed` = the grid's seed, `replicate_seed` (replicate and sensitivity trials), phase, trial id, `ended` = running | completed |
 stopped_early | failed | interrupted, the failure reason (`error`), and where it ran (`node`,
 `concurrency`, `node_id`, `gpu_ids`, `device`). A sensitivity run also carries base_cell, param,
-direction, value, step and centre. At its end: `metrics.json` (its last report) and
-`validation_curve.csv`. Every method here runs on the trial logger's writer thread.
+direction, value, step and centre. At its end: `metrics.json` (the numbers of its last report as
+logged, with its epochs trained, best epoch, score and why it stopped) and `validation_curve.csv`. Every method here runs on the trial logger's writer thread.
 
 The map survives `Tuner.restore` (`state`, `restore`), and a restored phase looks its runs up once,
 so a resumed sweep never duplicates or orphans a run.
@@ -89,7 +89,7 @@ class TrialRuns:
             if not token:
                 return
 
-    def start(self, trial_id: str, cell: Cell, values: dict) -> None:
+    def start(self, trial_id: str, cell: Cell, values: dict, extra_tags: dict[str, str] | None = None) -> None:
         """Create the trial's run (or reopen it: a restored or retried trial), with its params."""
         if self.look_up:
             self._existing()
@@ -104,7 +104,8 @@ class TrialRuns:
         if found is not None:
             run_id = found.info.run_id
         else:
-            tags = {**cell.tags(), "seed": str(values["seed"]), "cell_seed": str(cell.seed), "trial_id": trial_id,
+            tags = {**cell.tags(), **(extra_tags or {}), "seed": str(values["seed"]), "cell_seed": str(cell.seed),
+                    "trial_id": trial_id,
                     "phase": self.phase, "kind": "trial", "ended": "running",
                     MLFLOW_PARENT_RUN_ID: self.parents[cell.name], MLFLOW_RUN_NAME: f"{cell.name}/{trial_id}"}
             self.create_attempted.add(trial_id)

@@ -575,3 +575,46 @@ def test_provenance_names_search_and_replicate_seeds_apart(store):
 
     lines = provenance_lines(load_runs(["paper"], store[0]))
     assert "grid seeds [0], search sampler seed 0, replicate seeds [1, 2, 3]" in lines[0]
+
+
+def test_the_unit_of_replication_is_the_grid_seed_when_there_are_several(store):
+    """2 grid seeds x 2 replicate seeds: each grid seed is one independent repetition, its two
+    replicate runs averaged. Table 2's n and Table 9's n are both 2, and the paired test runs on
+    the two grid-seed means (scipy on the same numbers)."""
+    uri, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("units")
+    log_summary(client, exp, "units", {"seeds": [0, 1], "replicate": {"seeds": [1, 2]},
+                                       "losses": {"ce": {"loss": "ce"}, "g": {"loss": "gloss"}}})
+    value = {}
+    for grid in (0, 1):
+        for rep in (1, 2):
+            for method, loss, effect in (("ce", "ce", 0.0), ("g", "gloss", 0.05)):
+                acc = 0.7 + effect + 0.01 * grid + 0.003 * rep + (0.02 if (method, grid) == ("g", 1) else 0.0)
+                value[(method, grid, rep)] = acc
+                log_run(client, exp, "units", "replicate", method, loss, "MR", "m", grid * 1_000_000 + rep,
+                        {"test_accuracy": acc, "score": acc}, cell=f"MR__m__{method}__s{grid}",
+                        tags={"cell_seed": str(grid), "replicate_seed": str(rep)},
+                        params={"seed": grid * 1_000_000 + rep, "data": "MR"})
+    runs = load_runs("units", uri)
+    t2 = table2(runs).numbers.set_index(["method", "metric"])
+    assert t2.loc[("g", "acc"), "n"] == 2 and t2.loc[("ce", "acc"), "n"] == 2
+    means = {m: [np.mean([value[(m, g, r)] for r in (1, 2)]) for g in (0, 1)] for m in ("ce", "g")}
+    assert t2.loc[("g", "acc"), "mean"] == pytest.approx(round(100 * np.mean(means["g"]), 2))
+    assert t2.loc[("g", "acc"), "std"] == pytest.approx(round(100 * np.std(means["g"], ddof=1), 2))
+    t9 = table9(runs, "test_accuracy", gloss="g").numbers.set_index("baseline")
+    assert t9.loc["ce", "n"] == 2
+    assert t9.loc["ce", "p"] == pytest.approx(stats.ttest_rel(means["g"], means["ce"]).pvalue)
+    assert not [p for p in runs.problems if p.startswith("same config")]
+
+
+def test_the_data_checks_name_two_runs_of_the_same_config_and_seeds(store):
+    uri, _ = store
+    client = MlflowClient(uri)
+    exp = client.create_experiment("twice")
+    ids = [log_run(client, exp, "twice", "replicate", "ce", "ce", "MR", "m", 1, {"test_accuracy": 0.7},
+                   cell=f"MR__m__ce__s{grid}", params={"seed": 1, "data": "MR"}) for grid in (0, 1)]
+    log_run(client, exp, "twice", "replicate", "ce", "ce", "MR", "m", 2, {"test_accuracy": 0.7},
+            cell="MR__m__ce__s0", params={"seed": 2, "data": "MR"})  # another seed: not a repeat
+    [problem] = [p for p in load_runs("twice", uri).problems if p.startswith("same config")]
+    assert all(run_id in problem for run_id in ids) and "2 times" in problem

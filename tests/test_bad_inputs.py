@@ -97,6 +97,30 @@ def thesis_survives(tmp: Path, marker: dict | None, *args: str) -> str:
     return message
 
 
+def resume_earlier_format(tmp: Path) -> str:
+    """A sweep folder an earlier version wrote (its marker has no state format): never resumed."""
+    folder = tmp / "rr" / "demo"
+    (folder / "search").mkdir(parents=True)
+    (folder / "gloss-sweep.json").write_text(json.dumps({"sweep": "demo", "spec_sha256": "x"}))
+    message = sweep_cli(tmp, "--resume")
+    assert (folder / "search").is_dir()  # nothing deleted
+    return message
+
+
+def earlier_checkpoint(tmp: Path) -> str:
+    """A checkpoint whose history holds the flat dicts of an earlier version."""
+    import torch
+
+    from gloss_core.training.build import build_run
+
+    run = build_run(TrainConfig(epochs=1, synthetic_size=16))
+    state = run.state()
+    state["history"] = [{"epoch": 1, "train_loss": 0.5, "val_macro_f1": 0.5}]
+    (tmp / "ckpt").mkdir()
+    torch.save(state, tmp / "ckpt" / "state.pt")
+    return cli("train", "--epochs", "2", "--synthetic-size", "16", "--resume", str(tmp / "ckpt"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -185,6 +209,8 @@ CASES = {
     "restart-unmarked-folder": lambda t: thesis_survives(t, None, "--restart"),
     "restart-other-sweeps-folder": lambda t: thesis_survives(t, {"sweep": "other"}, "--restart"),
     "resume-unmarked-folder": lambda t: thesis_survives(t, None, "--resume"),
+    "resume-earlier-state-format": lambda t: resume_earlier_format(t),
+    "train-resume-earlier-checkpoint": lambda t: earlier_checkpoint(t),
     "storage-path-is-a-file": lambda t: (t / "file").write_text("x") and sweep_cli(t, storage_path=str(t / "file")),
     "spec-billion-laughs": lambda t: spec_error(t, billion_laughs()),
     "spec-duplicate-key": lambda t: spec_error(t, "name: ok\ndatasets: [synthetic]\nmodels: {m: {model: minilm}}\n"
@@ -198,6 +224,16 @@ CASES = {
     "spec-no-losses": lambda t: spec_error(t, losses={}),
     "spec-repeated-seeds": lambda t: spec_error(t, seeds=[0, 0]),
     "spec-repeated-replicate-seeds": lambda t: spec_error(t, replicate={"seeds": [1, 1]}),
+    "spec-replicate-seed-0-of-grid-seed-0": lambda t: spec_error(t, seeds=[0, 1], replicate={"seeds": [0, 1]}),
+    "spec-double-underscore-dataset": lambda t: spec_error(
+        t, datasets={"A": {"data": "synthetic"}, "A__B": {"data": "synthetic"}},
+        models={"C": {"model": "minilm"}, "B__C": {"model": "minilm"}}),
+    "spec-double-underscore-model": lambda t: spec_error(t, models={"C": {"model": "minilm"}, "B__C": {"model": "minilm"}}),
+    "spec-double-underscore-loss": lambda t: spec_error(t, losses={"ce__x": {"loss": "ce"}}),
+    "spec-cells-share-a-name": lambda t: spec_error(
+        t, datasets={"A_": {"data": "synthetic"}, "A": {"data": "synthetic"}},
+        models={"B": {"model": "minilm"}, "_B": {"model": "minilm"}}, losses={"ce": {"loss": "ce"}}),
+    "spec-seed-out-of-range": lambda t: spec_error(t, replicate={"seeds": [1, 2_000_000]}),
     "spec-missing-data-folder": lambda t: spec_error(t, datasets={"x": {"data": "./no/such"}}),
     "spec-is-a-folder": lambda t: cli("sweep", "run", str(REPO / "sweeps" / "specs")),
     "spec-too-large": lambda t: spec_error(t, "# " + "x" * 2_000_000 + "\n"),

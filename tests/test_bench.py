@@ -1,6 +1,6 @@
 """Benchmarks that never rot: each `bench/*.py` runs its whole code path with `--smoke` (tiny sizes,
 one round, the tiny test encoder; Ray and MLflow as small as they go, SQLite stores in temporary
-folders) and must exit 0 and print the README's table, header and rows. The figures mean nothing;
+folders) and must exit 0 and print its table of docs/benchmarks.md, header and rows. The figures mean nothing;
 running without `--smoke` regenerates the published ones."""
 
 import os
@@ -20,7 +20,11 @@ TABLES = {
                   ("| padding | tokens | tiny BERT step (ms) | G-Loss fwd+bwd (ms) | G-Loss / step |",
                    ["| every text to 16 (as asked) | 16 |", "| to the batch's longest (MR texts) |"])],
     "train_throughput.py": [("| loop | samples/s |",
-                             ["| `ce`: length-grouped batches", "| `gloss+ce`: the same", "| `reference gloss+ce`: "])],
+                             ["| `ce`: length-grouped batches", "| `gloss+ce`: the same",
+                              "| `gloss+ce, default batching`: class-stratified", "| `reference gloss+ce`: "])],
+    "batch_mix.py": [("| dataset | train rows | classes | TV random | TV default (stratified) | TV grouped "
+                      "| padded/real random | padded/real default | padded/real grouped | padded/real, all to 128 |",
+                      ["| MR | 400 | 2 |"])],
     "sweep_overhead.py": [("| measurement | figure |",
                            ["| 1 short trial (tiny BERT, 1 epoch): plain loop / through the sweep |",
                             "| 2 short trials: plain loop / through the sweep |",

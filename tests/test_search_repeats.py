@@ -2,6 +2,8 @@
 starts no trial (its study is told the earlier outcome). Real Optuna studies, driven the way Tune
 drives a searcher (suggest, results, complete)."""
 
+import json
+
 import optuna
 import pytest
 import yaml
@@ -22,7 +24,7 @@ def spaces_of(spec: dict) -> dict[str, SpaceSampler]:
 
 def value_of(config: dict) -> float:
     """A deterministic score of a config (TPE then keeps proposing the best region)."""
-    return 0.5 + 0.4 * (config["lr"] == 3e-5) + 0.01 * config.get("lam", 0) - 0.01 * config.get("temperature", 0)
+    return 0.5 + 0.4 * (config.get("lr") == 3e-5) + 0.01 * config.get("lam", 0) - 0.01 * config.get("temperature", 0)
 
 
 def final(config: dict, last: bool = True) -> dict:
@@ -63,10 +65,22 @@ def test_a_table2_shaped_search_trains_no_config_twice(seed):
     # 5 learning rates: enumerated, 5 trials instead of 20; lr x temperature has exactly 20 points
     assert len(trained["ce"]) == 5 and repeats["ce"]["enumerated_points"] == 5
     assert len(trained["scl_ce"]) == 20 and repeats["scl_ce"]["enumerated_points"] == 20
-    for cell in ("gloss_o_ce", "gloss_sqrt_ce"):  # sampled: 20 suggestions each, repeats skipped
-        assert repeats[cell]["suggestions"] == 20 and repeats[cell]["enumerated_points"] == 0
-        assert len(searcher.study(cell).trials) == 20  # every suggestion told, repeats included
-    assert searcher.expected_trials() == sum(len(c) for c in trained.values())
+    for cell in ("gloss_o_ce", "gloss_sqrt_ce"):  # sampled: 20 distinct trials each, whatever TPE repeats
+        assert len(trained[cell]) == 20 and repeats[cell]["enumerated_points"] == 0
+        assert len(searcher.study(cell).trials) == repeats[cell]["suggestions"]  # every suggestion told
+    assert searcher.total_trials() == sum(len(c) for c in trained.values()) == 5 + 20 + 20 + 20
+
+
+def test_a_study_stuck_on_repeats_is_handed_untried_points():
+    space = {"lr": Distribution.model_validate({"choice": [1e-5, 2e-5, 3e-5, 4e-5]})}
+    searcher = CellSearcher({"c": SpaceSampler(space)}, 3, 1, SCORE, "max", 0)
+    first = searcher.suggest("first")
+    searcher.on_trial_complete("first", result=final({"lr": first["lr"]}))
+    for _ in range(50):  # the study insists on the trained point
+        searcher.study("c").enqueue_trial({"lr": first["lr"]})
+    trained = drive(searcher)
+    assert len(trained["c"]) == 2 and first["lr"] not in [json.loads(k)["lr"] for k in trained["c"]]
+    assert searcher.repeats()["c"]["trained"] == 3 and searcher.repeats()["c"]["skipped_repeats"] >= 20
 
 
 def test_a_repeat_of_a_trial_still_running_is_told_its_outcome_when_it_ends():
@@ -101,4 +115,11 @@ def test_finite_points_only_for_small_discrete_spaces():
     assert len(finite_points({"lr": lr, "units": units}, 12)) == 12
     assert finite_points({"lr": lr, "units": units}, 11) is None
     assert finite_points({"lr": lr, "s": Distribution.model_validate({"uniform": [0, 1]})}, 100) is None
-    assert finite_points({}, 10) is None
+    assert finite_points({}, 10) == [{}]  # no space: one point, the constants
+
+
+def test_a_cell_without_a_space_trains_its_one_config_once():
+    searcher = CellSearcher({"c": SpaceSampler({})}, 4, 2, SCORE, "max", 0)
+    trained = drive(searcher, concurrent=2)
+    assert trained == {"c": ["{}"]} and searcher.total_trials() == 1
+    assert searcher.repeats()["c"]["enumerated_points"] == 1

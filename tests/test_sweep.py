@@ -96,7 +96,11 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
-    spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells", replicate={"seeds": [1, 2], "artifacts": True}))
+    # 160 texts: enough that trials differ from their first epoch on (on 48, most of the tiny encoder's
+    # trials tie at the one-class macro-F1 and ASHA's cutoffs stop none)
+    synth = {"data": "synthetic", "synthetic_size": 160, "synthetic_noise": 0.2}
+    spec = load_spec(write_spec(tmp_path, tiny_model, "two-cells", datasets={"synth": synth},
+                                replicate={"seeds": [1, 2], "artifacts": True}))
     summary = run_sweep(spec, num_cpus=2)
     uri = spec.tracking_uri
     client, exp, runs = trial_runs(uri, "two-cells", "search")
@@ -185,7 +189,7 @@ def test_two_cell_sweep_end_to_end(tiny_model, tmp_path, monkeypatch):
     from gloss_core.data import load_splits
 
     registry = MlflowClient(uri, registry_uri=uri)
-    test = load_splits(TrainConfig(data="synthetic", synthetic_size=48, synthetic_noise=0.2)).test
+    test = load_splits(TrainConfig(**synth)).test
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     assert all(r.data.tags["model_uri"].startswith("models:/m-") for r in reps)
@@ -388,6 +392,30 @@ def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_pa
     assert parent.info.status == "FAILED" and "no trial" in parent.data.tags["error"]
     rows = {row["cell"]: row for row in summary["cells"]}
     assert rows["synth__tiny__ce__s0"]["n"] == 1 and rows["synth__tiny__diverge__s0"]["n"] == 0
+
+
+def test_a_small_finite_space_is_enumerated_and_no_config_trains_twice(tiny_model, tmp_path):
+    from sweeps.runner import run_sweep
+
+    spec = load_spec(write_spec(
+        tmp_path, tiny_model, "finite",
+        losses={"ce": {"loss": "ce", "space": {"lr": {"choice": [1e-4, 3e-4, 1e-3]}}},
+                "gloss": {"loss": "gloss", "space": {"gamma": {"choice": [0.5, 0.7]}, "lam": {"choice": [0.5, 0.9]}}}},
+        search={"num_samples": 4, "max_concurrent": 2}, asha={"max_t": 1, "grace_period": 1}, replicate=None))
+    summary = run_sweep(spec, num_cpus=2)
+    client, exp, runs = trial_runs(spec.tracking_uri, "finite", "search")
+    configs = {}
+    for run in runs:
+        keys = ("lr",) if run.data.tags["loss"] == "ce" else ("gamma", "lam")
+        configs.setdefault(run.data.tags["cell"], []).append(tuple(run.data.params[k] for k in keys))
+    assert sorted(configs["synth__tiny__ce__s0"]) == [("0.0001",), ("0.0003",), ("0.001",)]  # 3 points, not 4 trials
+    assert len(configs["synth__tiny__gloss__s0"]) == len(set(configs["synth__tiny__gloss__s0"])) == 4
+    repeats = summary["search_repeats"]
+    assert repeats["synth__tiny__ce__s0"] == {"suggestions": 3, "trained": 3, "skipped_repeats": 0,
+                                              "enumerated_points": 3}
+    parent = client.search_runs([exp.experiment_id], "tags.kind = 'cell' and tags.cell = 'synth__tiny__ce__s0' "
+                                                     "and tags.phase = 'search'")[0]
+    assert parent.data.metrics["search_enumerated_points"] == 3 and parent.data.metrics["search_trained"] == 3
 
 
 @pytest.fixture

@@ -450,3 +450,180 @@ def test_a_budgeted_run_checkpoints_first_never_last_and_resumes_exactly(tiny_mo
     assert 1 in folders and 3 not in folders
     (tmp_path / "state.pt").write_bytes(folders[1])
     _same_run(full, train(config, resume_from=str(tmp_path)))
+
+
+# ---- every kill point of a checkpoint is resumable ----------------------------------------------------------
+
+class Killed(BaseException):
+    """A SIGKILL as far as the run can tell: nothing catches it."""
+
+
+# seed 1, lr 3e-3 on 64 noisy rows: the best epochs run 1, 1, 3, 3, 5, 5, so each checkpoint (every
+# second epoch) names another epoch's file and the one before names a third
+KILL_RUN = ["--loss", "ce", "--epochs", "6", "--batch-size", "16", "--lr", "0.003", "--seed", "1",
+            "--synthetic-size", "64", "--max-length", "16", "--synthetic-noise", "0.3", "--checkpoint-every", "2"]
+
+
+def _kill_config(model_dir: str) -> TrainConfig:
+    return TrainConfig(model=model_dir, loss="ce", epochs=6, batch_size=16, lr=3e-3, seed=1, synthetic_size=64,
+                       max_length=16, synthetic_noise=0.3, checkpoint_every=2)
+
+
+def _epoch_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("best.epoch*"))
+
+
+def test_a_kill_at_any_step_of_a_checkpoint_resumes_to_the_same_run(tiny_model_dir, tmp_path, monkeypatch):
+    """Each step in turn (the best weights' file, the old files' deletion, `state.pt`, the hand-over:
+    killed halfway through its copy) is killed at each checkpoint; the run resumed from the last
+    checkpoint handed over (or from scratch) ends as an uninterrupted one."""
+    import gloss_core.training.engine as engine
+    from gloss_core.training.checkpoint import BestWeights
+
+    config, steps, kill = _kill_config(tiny_model_dir), [], {"at": None}
+
+    def step(name):
+        steps.append(name)
+        if len(steps) == kill["at"]:
+            raise Killed(name)
+
+    def traced(name, original):
+        return lambda *args, **kwargs: (step(name), original(*args, **kwargs))[1]
+
+    monkeypatch.setattr(BestWeights, "save", traced("best weights", BestWeights.save))
+    monkeypatch.setattr(BestWeights, "keep", traced("old files go", BestWeights.keep))
+    monkeypatch.setattr(engine, "save_checkpoint", traced("state.pt", engine.save_checkpoint))
+
+    def tune(store: Path, handed: list):
+        def report(metrics, folder):
+            if folder is None:
+                return
+            copy = store / f"checkpoint_{len(list(store.glob('*'))):03d}"
+            copy.mkdir(parents=True)
+            (copy / "state.pt").write_bytes(Path(folder, "state.pt").read_bytes()[:1000])  # half a copy
+            step("hand-over")
+            shutil.copy2(Path(folder, "state.pt"), copy / "state.pt")
+            handed.append(str(copy))  # Tune's report returns: the checkpoint is the trial's latest
+        return report
+
+    full = train(config, report=tune(tmp_path / "full", []), best_weights=BestWeights(tmp_path / "full-best" / "best.safetensors"))
+    sequence = list(steps)
+    assert sequence.count("best weights") == 3 and sequence.count("hand-over") == 3, sequence  # precondition
+    for at in range(1, len(sequence) + 1):
+        steps.clear()
+        kill["at"], handed, location = at, [], tmp_path / f"best-{at}" / "best.safetensors"
+        with pytest.raises(Killed):
+            train(config, report=tune(tmp_path / f"tune-{at}", handed), best_weights=BestWeights(location))
+        kill["at"] = None
+        resumed = train(config, report=tune(tmp_path / f"tune-{at}", handed), best_weights=BestWeights(location),
+                        resume_from=handed[-1] if handed else None)
+        _same_run(full, resumed)
+        assert len(_epoch_files(location.parent)) <= 2, (sequence[at - 1], _epoch_files(location.parent))
+        BestWeights(location).delete()
+        assert not list(location.parent.iterdir())
+
+
+def test_the_best_weights_keep_at_most_two_files_and_delete_takes_them_all(tmp_path):
+    from gloss_core.training.checkpoint import BestWeights, CheckpointError
+
+    weights = {"w": torch.arange(4.0)}
+    best = BestWeights(tmp_path / "trial_1.safetensors")
+    (tmp_path / "trial_1.epoch0009.safetensors.tmp").write_bytes(b"half")  # what a killed attempt left
+    (tmp_path / "trial_10.epoch0001.safetensors").write_bytes(b"another trial's")
+    for epoch, keep in ((1, {1}), (3, {1, 3}), (5, {3, 5})):
+        best.save(weights, epoch)
+        best.keep(keep)
+    assert sorted(p.name for p in tmp_path.glob("trial_1.*")) == ["trial_1.epoch0003.safetensors",
+                                                                 "trial_1.epoch0005.safetensors"]
+    assert torch.equal(BestWeights(tmp_path / "trial_1.safetensors").load(5)["w"], weights["w"])
+    with pytest.raises(CheckpointError, match="epoch0001.safetensors: the best epoch's weights are missing"):
+        best.load(1)
+    best.delete()
+    assert [p.name for p in tmp_path.iterdir()] == ["trial_10.epoch0001.safetensors"]
+
+
+def test_a_checkpoint_of_one_best_weights_file_still_resumes(tmp_path):
+    from safetensors.torch import save_file
+
+    from gloss_core.training.checkpoint import BestWeights
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "best.safetensors"), metadata={"epoch": "2"})  # as gloss wrote it
+    best = BestWeights(tmp_path / "best.safetensors")
+    assert torch.equal(best.load(2)["w"], torch.ones(2))
+    best.keep({2})
+    assert [p.name for p in tmp_path.iterdir()] == ["best.epoch0002.safetensors"]
+
+
+@pytest.mark.parametrize("kill_at", ["copy", "rename the old away", "rename the new in", "delete the old"])
+def test_an_interrupted_checkpoint_dir_copy_leaves_a_good_checkpoint(tmp_path, monkeypatch, kill_at):
+    import os
+
+    from gloss_core.cli import _keep_checkpoint, _recover_checkpoint_dir
+    from gloss_core.training.checkpoint import BestWeights, load_checkpoint, save_checkpoint
+
+    kept = tmp_path / "kept"
+    save_checkpoint(kept, {"epoch": 2})
+    BestWeights(kept / "best.safetensors").save({"w": torch.ones(1)}, 1)
+    save_checkpoint(tmp_path / "next", {"epoch": 4})
+    BestWeights(kept / "best.safetensors").save({"w": torch.ones(1)}, 3)  # written before the copy, as Run.state does
+    copytree, rename, rmtree = shutil.copytree, os.rename, shutil.rmtree
+
+    def copy(source, destination, **kwargs):
+        if kill_at == "copy" and ".tmp-" in str(destination):
+            Path(destination).mkdir()
+            (Path(destination) / "state.pt").write_bytes(b"")  # the 0-byte state.pt of a killed copy
+            raise Killed(kill_at)
+        return copytree(source, destination, **kwargs)
+
+    def move(source, destination):
+        if (kill_at, ".old-" in str(destination)) in (("rename the old away", True), ("rename the new in", False)):
+            raise Killed(kill_at)
+        return rename(source, destination)
+
+    def remove(path, **kwargs):
+        if kill_at == "delete the old" and ".old-" in str(path):
+            raise Killed(kill_at)
+        return rmtree(path, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copy)
+    monkeypatch.setattr(os, "rename", move)
+    monkeypatch.setattr(shutil, "rmtree", remove)
+    with pytest.raises(Killed):
+        _keep_checkpoint(tmp_path / "next", kept)
+    monkeypatch.undo()
+    _recover_checkpoint_dir(kept)
+    epoch = load_checkpoint(kept)["epoch"]
+    assert epoch == (2 if kill_at in ("copy", "rename the old away") else 4)
+    assert torch.equal(BestWeights(kept / "best.safetensors").load(1 if epoch == 2 else 3)["w"], torch.ones(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "next"]  # no leftover
+
+
+def test_gloss_train_killed_while_keeping_a_checkpoint_resumes_to_the_same_run(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+
+    runner, kept = CliRunner(), tmp_path / "kept"
+    base = ["train", "--model", tiny_model_dir, *KILL_RUN]
+    full = runner.invoke(app, [*base, "--output", str(tmp_path / "full.json")])
+    assert full.exit_code == 0, full.output
+    rename, renames = os.rename, []
+
+    def move(source, destination):  # the second checkpoint's copy: killed with the kept folder renamed away
+        if Path(destination) == kept:
+            renames.append(source)
+            if len(renames) == 2:
+                raise Killed("between the renames")
+        return rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", move)
+    with pytest.raises(Killed):
+        runner.invoke(app, [*base, "--checkpoint-dir", str(kept)], catch_exceptions=False)
+    monkeypatch.undo()
+    assert not kept.exists() and len(list(tmp_path.glob("kept.*"))) == 2  # the old and the whole new copy
+    resumed = runner.invoke(app, [*base, "--checkpoint-dir", str(kept), "--resume", str(kept),
+                                  "--output", str(tmp_path / "resumed.json")])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in tmp_path.glob("kept*")) == ["kept"]
+    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("full", "resumed"))
+    for key in ("best_epoch", "epochs_run", "val_macro_f1", "test_macro_f1", "test_accuracy"):
+        assert a[key] == b[key], key
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]

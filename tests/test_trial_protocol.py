@@ -29,6 +29,21 @@ def test_the_plan_merges_cell_constants_and_the_trials_values():
         plan.train_config({CELL: "b", "_threads": 2})
 
 
+def test_each_grid_seed_replicates_on_training_seeds_of_its_own():
+    from sweeps.spec import SweepSpec
+
+    spec = SweepSpec.model_validate({"name": "s", "datasets": ["d"], "models": ["m"], "seeds": [0, 1],
+                                     "losses": {"ce": {"loss": "ce"}}, "replicate": {"seeds": [1, 2]}})
+    cells = {cell.name: cell for cell in spec.cells()}
+    plan = PhasePlan("replicate", {name: {"loss": "ce"} for name in cells},
+                     grid_seeds={name: cell.seed for name, cell in cells.items()})
+    seeds = {(name, r): plan.values({CELL: name, "seed": r})["seed"] for name in cells for r in (1, 2)}
+    assert seeds == {("d__m__ce__s0", 1): 1, ("d__m__ce__s0", 2): 2,  # grid seed 0 keeps the replicate seeds
+                     ("d__m__ce__s1", 1): 1_000_001, ("d__m__ce__s1", 2): 1_000_002}
+    assert len(set(seeds.values())) == 4  # the same chosen config never trains on the same seed twice
+    assert PhasePlan("search", {"c": {"seed": 0}}).values({CELL: "c", "lr": 1e-3})["seed"] == 0  # search: the grid's
+
+
 def test_undefined_silhouettes_never_fail_a_trial():
     emb = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     undefined = silhouettes(emb, torch.tensor([0, 0, 0, 0, 0, 1]))  # one class with 2+ samples: both NaN

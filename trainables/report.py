@@ -3,9 +3,10 @@
 A trial reports once per epoch (`epoch_result`, from the engine's `EpochReport`) and a replicate
 or sensitivity trial closes with one more report of its test metrics (`closing_result`, from the
 run's `RunResult`). The driver reads any result with `read_result`, which gives a `TrialResult`:
-the searcher, the scheduler, the MLflow logger, the progress lines and the runner read that, never
-a key. Tune adds its own keys (`trial_id`, `node_ip`, `timestamp`, `training_iteration`); they are
-read here too.
+the searcher, the MLflow logger, the progress lines and the runner read that, never a key. Tune
+adds its own keys (`trial_id`, `node_ip`, `timestamp`, `training_iteration`); they are read here
+too. Tune's own ASHA and OptunaSearch read the two keys they are given by name: `SCORE` and
+`training_iteration`.
 
 Every result carries `SCORE`, the trial's score so far (`gloss_core.report`): the metric Tune,
 Optuna and ASHA are given, so all three rank trials by the selection metric at their best epoch.
@@ -38,12 +39,15 @@ def epoch_result(report: EpochReport) -> dict:
     }
 
 
-def closing_result(result: RunResult) -> dict:
-    """A finished run's test metrics as the closing report of its trial. Its `val_*` are the best
-    epoch's; its step in MLflow is the number of epochs trained (it is no epoch of its own)."""
+def closing_result(result: RunResult, node_id: str | None = None, gpu_ids: tuple[str, ...] = (),
+                   resumed: bool = False, checkpoint_persist_s: float = 0.0) -> dict:
+    """A finished run's test metrics as the closing report of its trial (with where it ran, as an
+    epoch's report says it). Its `val_*` are the best epoch's; its step in MLflow is the number of
+    epochs trained (it is no epoch of its own)."""
     numbers = {k: v for k, v in result.metrics().items() if _is_number(v)}
     return {**numbers, LAST: True, CLOSING: True, STOP: result.stop, RUN_SEED: result.config.get("seed"),
-            DEVICE: result.device}
+            DEVICE: result.device, NODE_ID: node_id or "", GPU_IDS: ",".join(gpu_ids),
+            RESUMED: 1.0 if resumed else 0.0, CHECKPOINT_PERSIST: checkpoint_persist_s}
 
 
 @dataclass(frozen=True)

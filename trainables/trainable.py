@@ -91,7 +91,7 @@ def gloss_trainable(config: dict, plan: PhasePlan) -> None:
         bad = nan_failures({**result.validation, **result.test, **result.probe})
         if bad:
             raise TrialFailed(f"NaN metric(s) {bad} in the test evaluation")
-        send(closing_result(result), folder)
+        send(closing_result(result, **where, checkpoint_persist_s=persisted["s"]), folder)
 
     run_config = plan.train_config(config)
     location = plan.best_weights_location(tune.get_context().get_trial_id())

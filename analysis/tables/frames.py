@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis.load import Runs, dedupe
 from gloss_core.report import SCORE
+from sweeps.spec import DEFAULT_METRIC
 
 PAPER_DATASETS = {"mr": "MR", "r8": "R8", "r52": "R52", "ohsumed": "Ohsumed", "20ng": "20NG"}
 KEYS = ["sweep", "protocol", "dataset", "model", "method", "loss", "seed"]
@@ -20,16 +21,37 @@ KEYS = ["sweep", "protocol", "dataset", "model", "method", "loss", "seed"]
 
 def scores(runs: Runs, metric: str, protocol: str | None = None, phase: str = "replicate",
            extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Final `metric` of completed runs of a phase, one per (sweep, protocol, cell, seed). With
-    several sweeps the model's label names its sweep, so no number mixes two sweeps."""
+    """Final `metric` of completed runs of a phase, one per unit of replication (`by_unit`): its
+    `seed` column names the unit every table counts and pairs by. With several sweeps the model's
+    label names its sweep, so no number mixes two sweeps."""
     frame = dedupe(runs.final(metric, phase=phase))
     if protocol is not None:
         frame = frame[frame["protocol"] == protocol]
+    frame = by_unit(frame.reindex(columns=KEYS + ["value", "tags.cell_seed", *extra]), list(extra))
     frame = frame.reindex(columns=KEYS + ["value", *extra]).copy()
     if runs.runs.get("sweep", pd.Series(dtype=str)).nunique() > 1:
         frame["model"] = frame["model"].astype(str) + " [" + frame["sweep"].astype(str) + "]"
     frame["block"] = block_labels(frame)
     return in_paper_order(frame)
+
+
+def by_unit(frame: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
+    """One row per unit of replication (docs/statistics.md). In a sweep with several grid seeds the
+    unit is the grid seed: each is an independent repetition of search, selection and test, and its
+    replicate runs (re-trainings of that repetition's choice) are averaged into one value, whose
+    `seed` is the grid seed. In a sweep with one grid seed the unit is the replicate seed (one run).
+    So the n of Table 2 is the n of the paired tests for the same cells."""
+    if frame.empty or "tags.cell_seed" not in frame or frame["tags.cell_seed"].isna().all():
+        return frame
+    grids = frame.groupby("sweep")["tags.cell_seed"].transform("nunique")
+    single, several = frame[grids <= 1], frame[grids > 1]
+    if several.empty:
+        return frame
+    by = [k for k in KEYS if k != "seed"] + ["tags.cell_seed"]
+    averaged = several.groupby(by, sort=False, dropna=False).agg(
+        {"value": "mean", **{column: "first" for column in extra or []}}).reset_index()
+    averaged["seed"] = averaged["tags.cell_seed"].astype(int)
+    return pd.concat([single, averaged], ignore_index=True)
 
 
 LOSS_ORDER = {"ce": 0, "scl": 1, "triplet": 2, "cosine": 3, "gloss": 4}
@@ -61,8 +83,13 @@ def block_labels(frame: pd.DataFrame) -> pd.Series:
 def validation_scores(runs: Runs) -> pd.DataFrame:
     """Each replicate run's score (`gloss_core.report`: its sweep's validation selection metric at
     its best epoch, val_macro_f1 by default, val_macro_silhouette standalone): what a variant may be
-    chosen on."""
-    return scores(runs, SCORE)
+    chosen on. Runs from before scores were logged give their last validation value instead."""
+    frame = scores(runs, SCORE)
+    if frame.empty:
+        parts = [scores(runs, metric, proto) for proto, metric in DEFAULT_METRIC.items()]
+        parts = [p for p in parts if not p.empty]
+        frame = pd.concat(parts, ignore_index=True) if parts else frame
+    return frame
 
 
 def gloss_method(frame: pd.DataFrame, preferred: str | None = None, runs: Runs | None = None) -> str | None:
@@ -77,10 +104,18 @@ def gloss_method(frame: pd.DataFrame, preferred: str | None = None, runs: Runs |
         return None
     validation = validation_scores(runs) if runs is not None else candidates.iloc[0:0]
     validation = validation[validation["method"].isin(set(candidates["method"]))]
+    if runs is not None:  # higher is better for the choice: a sweep that minimises its metric counts negated
+        sign = validation["sweep"].map(lambda sweep: -1.0 if _mode(runs, sweep) == "min" else 1.0)
+        validation = validation.assign(value=validation["value"].astype(float) * sign.astype(float))
     coverage = candidates.groupby("method")["block"].nunique()
     val_mean = validation.groupby("method")["value"].mean().reindex(coverage.index)
     summary = pd.DataFrame({"blocks": coverage, "val": val_mean.fillna(-math.inf)})
     return summary.sort_values(["blocks", "val"], ascending=False).index[0]
+
+
+def _mode(runs: Runs, sweep: str) -> str:
+    record = runs.sweeps.get(sweep)
+    return record.spec.mode if record is not None and record.spec is not None else "max"
 
 
 def chosen_note(target: str, preferred: str | None) -> str:

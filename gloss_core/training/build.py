@@ -31,7 +31,7 @@ def build_run(config: TrainConfig, state: dict | None = None, best_weights: Best
     tokenizer = load_tokenizer(config.model)
     torch.manual_seed(seeds["init"])
     model = TextClassifier.from_pretrained(config.model, splits.num_classes, config.pooling).to(device)
-    data = RunData(splits, tokenizer, config.batch_size, config.max_length, seeds["data_order"])
+    data = RunData(splits, tokenizer, config.batch_size, config.max_length, seeds["data_order"], config.batching)
     weights = balanced_weights(splits.train.labels, splits.num_classes).to(device) if config.class_weights == "balanced" else None
     autocast = autocast_dtype(config, device)
     sigma = decide_sigma(config, state, lambda: embed(model, data.eval_train, device, autocast)[1],
@@ -50,17 +50,19 @@ def build_run(config: TrainConfig, state: dict | None = None, best_weights: Best
 
 
 class RunData:
-    """The splits and their batches: train (shuffled per epoch from the data-order seed), val,
-    test, and the unshuffled train batches (sigma rules, adjacency, the probe), built when first used."""
+    """The splits and their batches: train (shuffled per epoch from the data-order seed, drawn the
+    way `batching` says), val, test, and the unshuffled train batches (sigma rules, adjacency, the
+    probe), built when first used; evaluation batches keep file order."""
 
-    def __init__(self, splits: DatasetSplits, tokenizer, batch_size: int, max_length: int, order_seed: int):
+    def __init__(self, splits: DatasetSplits, tokenizer, batch_size: int, max_length: int, order_seed: int,
+                 batching: str = "stratified"):
         self.splits, self.tokenizer, self.batch_size, self.max_length = splits, tokenizer, batch_size, max_length
-        self.train = self.batches(splits.train, order_seed)
+        self.train = self.batches(splits.train, order_seed, batching)
         self.val = self.batches(splits.val)
         self.test = self.batches(splits.test)
 
-    def batches(self, split, shuffle_seed: int | None = None) -> Batches:
-        return Batches(split, self.tokenizer, self.batch_size, self.max_length, shuffle_seed)
+    def batches(self, split, shuffle_seed: int | None = None, batching: str = "stratified") -> Batches:
+        return Batches(split, self.tokenizer, self.batch_size, self.max_length, shuffle_seed, batching=batching)
 
     @cached_property
     def eval_train(self) -> Batches:

@@ -60,7 +60,8 @@ class Run:
         self.config, self.model, self.data, self.device, self.autocast = config, model, data, device, autocast
         self.class_weights, self.loss_fn, self.optimizer, self.scheduler = class_weights, loss_fn, optimizer, scheduler
         self.best_weights = best_weights  # where the best epoch's weights wait once it is not the current one
-        self.stored_best_epoch = 0  # the epoch whose weights that file holds
+        self.stored_best_epoch = 0  # the latest epoch whose weights this run wrote there (or restored)
+        self.handed_best_epoch = 0  # the epoch file the last checkpoint handed over names (0: none)
         self.probe_head = None  # standalone: the linear probe, the head an exported model carries
         self.model_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.scratch = checkpoint_scratch(self.model_bytes)
@@ -82,14 +83,20 @@ class Run:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
-        """Everything an exact resume needs. The best epoch's weights are left out while they are
-        the current ones; once behind, they go to `best_weights` (written when they change), or
-        into the state itself (`best_state`) for a run without that file."""
+        """Everything an exact resume needs: the next checkpoint. The best epoch's weights are left
+        out while they are the current ones; once behind, they go to `best_weights` (a file per
+        epoch, written when the best changes), or into the state itself (`best_state`) for a run
+        without that location. The epoch files neither this checkpoint nor the one handed over
+        before it names go (the order is in `gloss_core.training.checkpoint`'s docstring)."""
         best_epoch = self.best["best_epoch"]
         behind = 0 < best_epoch < self.epoch
-        if behind and self.best_weights is not None and self.stored_best_epoch != best_epoch:
-            self.best_weights.save(self.best_state, best_epoch)
-            self.stored_best_epoch = best_epoch
+        if self.best_weights is not None:
+            named = best_epoch if behind else 0
+            if named and self.stored_best_epoch != named:
+                self.best_weights.save(self.best_state, named)
+                self.stored_best_epoch = named
+            self.best_weights.keep({self.handed_best_epoch, named} - {0})
+            self.handed_best_epoch = named  # handed over when the next checkpoint is made
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loss": self.loss_fn.state_dict(), "rng": rng_state(),
@@ -116,7 +123,7 @@ class Run:
                 raise CheckpointError(f"the checkpoint's best epoch {best_epoch} is in a best-weights file; "
                                       "resume with the same checkpoint folder (or best-weights location)")
             self.best_state = self.best_weights.load(best_epoch)
-            self.stored_best_epoch = best_epoch
+            self.stored_best_epoch = self.handed_best_epoch = best_epoch
 
     # ---- evaluation ---------------------------------------------------------------------------
     def embed(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
