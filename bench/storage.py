@@ -161,7 +161,7 @@ def checkpoints(tmp: Path, epochs: int = 3, smoke_model: str | None = None) -> d
     budgeted, _ = measure(spec.cells()[0].constants["checkpoint_budget"], "budgeted")  # as a sweep trial runs
     fp32 = sum(t.numel() * 4 for t in run.model.state_dict().values())
     BestWeights(tmp / "best" / "measured.safetensors").save(run.model.state_dict(), 1)
-    best_bytes = (tmp / "best" / "measured.safetensors").stat().st_size
+    best_bytes = (tmp / "best" / "measured.epoch0001.safetensors").stat().st_size  # one file per best epoch
 
     def share(rows):
         return sum(r["checkpoint_s"] for r in rows) / sum(r["epoch_s"] for r in rows)

@@ -392,15 +392,17 @@ class WriteQueue:
             self.drain()
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until every queued write is made (True), or `timeout_s` passes (False). In an outage
-        it returns at once: waiting would only stall the caller."""
+        """Wait until every queued write is made (True), or `timeout_s` passes (False). In an outage,
+        or with only writes waiting for their retry left, it returns at once: waiting would only
+        stall the caller."""
         if self._thread is None:
             return self.drain()
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self.count or self._busy:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._down_since is not None:
+                waiting = not self._busy and (due := self._due()) is not None and due > time.monotonic()
+                if left <= 0 or self._down_since is not None or waiting:
                     return False
                 self._cond.wait(left)
         return True

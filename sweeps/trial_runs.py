@@ -2,11 +2,13 @@
 
 A trial's run is a child of its cell's parent run. It carries the flat training config as params
 and tags: the cell's (sweep, cell, dataset, model, loss, protocol), `seed` = the trial's training
-seed, `cell_seed` = the grid's seed, `replicate_seed` (replicate and sensitivity trials), phase, trial id, `ended` = running | completed |
-stopped_early | failed | interrupted, the failure reason (`error`), and where it ran (`node`,
-`concurrency`, `node_id`, `gpu_ids`, `device`). A sensitivity run also carries base_cell, param,
+seed, `cell_seed` = the grid's seed, `replicate_seed` (replicate and sensitivity trials), phase,
+trial id, `ended` = running | completed | stopped_early | failed | interrupted, the failure reason
+(`error`), where it ran (`node`, `concurrency`, `node_id`, `gpu_ids`, `device`), and
+`unlogged_writes` when a write to it was dropped. A sensitivity run also carries base_cell, param,
 direction, value, step and centre. At its end: `metrics.json` (the numbers of its last report as
-logged, with its epochs trained, best epoch, score and why it stopped) and `validation_curve.csv`. Every method here runs on the trial logger's writer thread.
+logged, with its epochs trained, best epoch, score and why it stopped) and `validation_curve.csv`.
+Every method here runs on the trial logger's writer thread.
 
 The map survives `Tuner.restore` (`state`, `restore`), and a restored phase looks its runs up once,
 so a resumed sweep never duplicates or orphans a run.

@@ -337,3 +337,21 @@ def test_failures_while_the_store_is_down_do_not_count_towards_the_cap():
     threading.Timer(0.5, up.set).start()  # some 50 tries while the store is down
     queue.flush(timeout_s=5)
     assert done == ["made", "made"] and queue.lost == []
+
+
+def test_waiting_for_the_writes_does_not_wait_out_a_retry(capsys):
+    import time
+
+    failed = []
+
+    def upload():
+        failed.append(1)
+        raise TimeoutError("upload timed out")
+
+    queue = WriteQueue(retry_every_s=30.0, probe=lambda: None).start()  # the store answers: the write's own error
+    queue.submit("t1", "model", upload)
+    started = time.perf_counter()
+    assert not queue.wait_idle(10) and time.perf_counter() - started < 5  # Tune's state save is not held up
+    assert failed == [1] and "MLflow unreachable" not in capsys.readouterr().err
+    queue.flush(0.1)
+    assert queue.lost[0]["error"] == "still failing when the phase ended: TimeoutError: upload timed out"
