@@ -53,6 +53,7 @@ class EpochReport:
             None while training goes on.
         checkpoint_write_s: seconds spent writing the checkpoint handed on with this report (0: none).
         device: where the run trained ("cpu", "cuda:0").
+        peak_gpu_memory_mb: the most CUDA memory its tensors held so far (MiB); None on the CPU.
         node_id, gpu_ids, resumed, checkpoint_persist_s: filled in by the trial that runs it (the
             Ray node, the GPUs Ray assigned, whether this attempt resumed from a checkpoint, how
             long the previous report's checkpoint took to reach storage).
@@ -66,6 +67,7 @@ class EpochReport:
     stop: str | None = None
     checkpoint_write_s: float = 0.0
     device: str = "cpu"
+    peak_gpu_memory_mb: float | None = None
     node_id: str | None = None
     gpu_ids: tuple[str, ...] = ()
     resumed: bool = False

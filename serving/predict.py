@@ -1,8 +1,8 @@
 """`gloss predict MODEL INPUT.csv --output OUT.csv`: a kept model's predictions on new texts.
 
-MODEL is a `--save-model` folder, `runs:/RUN/model`, or `models:/NAME/VERSION` (VERSION may be
-`latest`); the store comes from `--tracking-uri` or `MLFLOW_TRACKING_URI`. INPUT has a `text`
-column (and `text_pair` for pair models). OUT is the input rows plus `prediction` (the label name)
+MODEL is a `--save-model` folder, `runs:/RUN/model`, `models:/NAME/VERSION` (VERSION may be
+`latest`) or `models:/NAME@ALIAS` (a sweep sets `@best`); the store comes from `--tracking-uri`
+or `MLFLOW_TRACKING_URI`. INPUT has a `text` column (and `text_pair` for pair models). OUT is the input rows plus `prediction` (the label name)
 and one probability column per class. With a `label` column, accuracy and macro-F1 are printed.
 Everything is checked before anything is written; OUT appears only when the predictions are done.
 """
@@ -52,7 +52,8 @@ def read_input(path: Path, pair: bool, labels: list[str]):
 
 
 def predict(
-    model: str = typer.Argument(..., help="a --save-model folder, runs:/RUN/model or models:/NAME/VERSION|latest"),
+    model: str = typer.Argument(..., help="a --save-model folder, runs:/RUN/model, models:/NAME/VERSION|latest or "
+                                          "models:/NAME@ALIAS"),
     input: Path = typer.Argument(..., help="CSV with a 'text' column ('text_pair' for pair models)"),  # noqa: A002
     output: Path = typer.Option(..., "--output", "-o", help="CSV to write: the input rows, prediction, probabilities"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store for runs:/ and models:/ (default: "

@@ -17,6 +17,7 @@ import random
 from typing import Callable
 
 import optuna
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -263,12 +264,27 @@ class CellASHA(FIFOScheduler):
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True
 
+    def _new(self) -> ASHAScheduler:
+        return ASHAScheduler(time_attr="training_iteration", metric=self._metric, mode=self._mode, **self.options)
+
     def _of(self, trial) -> ASHAScheduler:
         cell = trial.config.get(CELL, "")
         if cell not in self.brackets:
-            self.brackets[cell] = ASHAScheduler(time_attr="training_iteration", metric=self._metric,
-                                               mode=self._mode, **self.options)
+            self.brackets[cell] = self._new()
         return self.brackets[cell]
+
+    def state(self) -> bytes:
+        """Every cell's rungs (the values recorded at each milestone) and trial -> bracket map, as
+        ASHAScheduler.save keeps them; one pickle, so the map still points into the rungs."""
+        return pickle.dumps({cell: scheduler.__dict__ for cell, scheduler in self.brackets.items()})
+
+    def load(self, state: bytes) -> None:
+        """Back to what `state` held (Tune restores a scheduler as it was built, with no rungs)."""
+        self.brackets = {}
+        for cell, saved in pickle.loads(state).items():
+            scheduler = self._new()
+            scheduler.__dict__.update(saved)
+            self.brackets[cell] = scheduler
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._of(trial).on_trial_add(tune_controller, trial)
@@ -287,3 +303,18 @@ class CellASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         return "CellASHA: " + "; ".join(f"{cell}: {s.debug_string()}" for cell, s in self.brackets.items())
+
+
+class SchedulerState(Callback):
+    """Keeps `CellASHA`'s rungs in Tune's experiment state, saved and restored with the callbacks'
+    state at every experiment checkpoint, so a resumed search stops the trials an uninterrupted
+    one would (Tune saves a searcher's state but not a scheduler's)."""
+
+    def __init__(self, scheduler: CellASHA):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"cell_asha": self.scheduler.state()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.load(state["cell_asha"])

@@ -25,6 +25,10 @@ def run(
                                                             "(default ./ray_results)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)"),
     num_cpus: Optional[int] = typer.Option(None, min=1, max=4096, help="CPUs of a local Ray cluster (default: all)"),
+    wait_for_resources: float = typer.Option(0.0, "--wait-for-resources", min=0, max=86400, metavar="SECONDS",
+                                             help="when no node fits a trial, wait up to this long for one to join "
+                                                  "or the autoscaler to launch one (default: fail at once; 30 s with "
+                                                  "an autoscaler)"),
 ):
     """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow.
 
@@ -39,11 +43,13 @@ def run(
     except SpecError as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from err
-    from sweeps.runner import PhaseFailed, SweepInterrupted, run_sweep
+    from sweeps.startup import PhaseFailed, SweepInterrupted, started
 
     try:
-        run_sweep(parsed, tracking_uri=tracking_uri, resume=resume, restart=restart, storage_path=storage_path,
-                  ray_address=address, num_cpus=num_cpus)
+        with started(parsed, tracking_uri, resume, restart, storage_path, console.print) as start:  # refused in seconds, before Ray
+            from sweeps.runner import run_started
+
+            run_started(start, address, num_cpus, wait_for_resources)
     except PhaseFailed as err:
         console.print(f"[red]sweep {parsed.name!r}: {escape(str(err))}[/red]")
         raise typer.Exit(3) from err
@@ -78,3 +84,53 @@ def status(
         table.add_row(row["phase"], row["cell"], *(str(row[k]) for k in ("completed", "running", "stopped_early",
                                                                        "failed", "interrupted")), best)
     console.print(table)
+
+
+@app.command("plan")
+def plan(
+    spec: Path = typer.Argument(..., help="a sweep spec (YAML), e.g. sweeps/specs/table2.yaml"),
+    epoch_seconds: list[str] = typer.Option([], "--epoch-seconds", metavar="MODEL=S",
+                                            help="seconds one epoch of MODEL (a name under `models`) takes; give "
+                                                 "one per model for GPU-hours and wall time"),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs of the cluster, for the wall time"),
+):
+    """Before anything starts (no Ray): the cells, the trials of each phase, the most epochs of a
+    trial and, with --epoch-seconds, GPU-hours and wall time (upper bounds)."""
+    from sweeps.costing import CostingError, estimate, parse_epoch_seconds, plan_sweep
+    from sweeps.spec import SpecError, load_spec
+
+    try:
+        parsed = load_spec(spec)
+        counted = plan_sweep(parsed)
+        seconds = parse_epoch_seconds(epoch_seconds, parsed)
+        costs = {c.phase: c for c in estimate(counted, seconds, gpus)} if seconds else {}
+    except (SpecError, CostingError) as err:
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from err
+    cells = Table(title=f"sweep {parsed.name}: {len(counted.phases['search'])} cells")
+    for column in ("cell", "cpu", "gpu", *counted.phases):
+        cells.add_column(column)
+    by_phase = {phase: {row.cell.name: row for row in rows} for phase, rows in counted.phases.items()}
+    for row in counted.phases["search"]:
+        name = row.cell.name
+        cells.add_row(name, f"{row.cell.resources.cpu:g}", f"{row.cell.resources.gpu:g}",
+                      *(_count(by_phase[phase].get(name)) for phase in counted.phases))
+    console.print(cells)
+    phases = Table(title="phases (epochs: the most one trial trains; ASHA and early stopping stop trials sooner)")
+    for column in ("phase", "trials", "most epochs", "trial-epochs", *(("GPU-hours", f"wall h on {gpus} GPU(s)")
+                                                                         if costs else ())):
+        phases.add_column(column)
+    for phase in counted.phases:
+        bound = "" if counted.exact(phase) else "at most "
+        cost = costs.get(phase)
+        phases.add_row(phase, f"{bound}{counted.trials(phase)}", str(counted.max_epochs(phase)),
+                       f"{bound}{counted.trial_epochs(phase)}",
+                       *((f"at most {cost.gpu_hours:.1f}", f"at most {cost.wall_hours:.1f}") if cost else ()))
+    console.print(phases)
+    if costs:
+        console.print(f"total: at most {sum(c.gpu_hours for c in costs.values()):.1f} GPU-hours, "
+                      f"{sum(c.wall_hours for c in costs.values()):.1f} h on {gpus} GPU(s)")
+
+
+def _count(row) -> str:
+    return "-" if row is None else f"{'' if row.exact else '<= '}{row.trials}"

@@ -49,6 +49,12 @@ def restarted(folder: str, runs: int, models: int, sweep: str) -> None:
     say(f"--restart: deleted {folder}, {runs} MLflow runs of sweep {sweep!r} and {models} registered models")
 
 
+def superseded(phase: str, runs: int) -> None:
+    if runs:
+        say(f"{phase}: deleted {runs} MLflow run(s) of trials that ran again after a kill (each superseded by its "
+            "retried trial's run)")
+
+
 def results_table(spec: SweepSpec, cells: list[str], search: SearchOutcome,
                   replicate: ReplicateOutcome) -> tuple[Table, list[dict]]:
     """Per cell: the best search score and the test metrics' mean ± std over replicate seeds."""

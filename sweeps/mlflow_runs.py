@@ -8,11 +8,12 @@ Trial runs are children of their cell's parent run; `sweeps/trial_runs.py` creat
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from gloss_core.provenance import sqlite_database
-from sweeps.spec import Cell
+from sweeps.spec import MAX_TRIALS, Cell
 
-MAX_RUNS = 50000  # per search: more than the largest grid's trials
+MAX_RUNS = MAX_TRIALS  # per search: a phase's trials (the spec refuses more)
 
 
 def artifact_location(tracking_uri: str, name: str) -> str | None:
@@ -52,12 +53,26 @@ def trial_run(client: MlflowClient, exp_id: str, phase: str, trial_id: str):
     return found[0] if found else None
 
 
-def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: str, trial_ids: set[str]) -> int:
-    """Delete runs of trials that the restored experiment does not know (started after the last
-    state snapshot, before a SIGKILL): they would be orphans, and the trials run again anyway."""
-    runs = client.search_runs([exp_id], f"tags.sweep = '{sweep}' and tags.phase = '{phase}' and tags.kind = 'trial'",
-                              max_results=MAX_RUNS)
-    orphans = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids]
+def all_runs(client: MlflowClient, exp_id: str, query: str) -> list:
+    """Every run matching `query`, page by page (a sweep's runs over all phases pass one page)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], query, max_results=MAX_RUNS, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: str, trial_ids: set[str],
+                         parents: set[str]) -> int:
+    """Delete the runs of this phase's trials (children of `parents`, this sweep's parent runs)
+    that the restored experiment does not know: trials started after the last state snapshot,
+    before a SIGKILL, which Tune ran again, so each is superseded by its retried trial's run.
+    Returns how many were deleted; no other run is touched."""
+    runs = all_runs(client, exp_id, f"tags.sweep = '{sweep}' and tags.phase = '{phase}' and tags.kind = 'trial'")
+    orphans = [r for r in runs if r.data.tags.get("trial_id") not in trial_ids
+               and r.data.tags.get(MLFLOW_PARENT_RUN_ID) in parents]
     for run in orphans:
         client.delete_run(run.info.run_id)
     return len(orphans)
@@ -65,8 +80,7 @@ def reconcile_trial_runs(client: MlflowClient, exp_id: str, sweep: str, phase: s
 
 def close_running_runs(client: MlflowClient, exp_id: str, sweep: str) -> int:
     """Mark every run of this sweep still RUNNING as KILLED (interrupted); returns how many."""
-    runs = client.search_runs([exp_id], f"tags.sweep = '{sweep}' and attributes.status = 'RUNNING'",
-                              max_results=MAX_RUNS)
+    runs = all_runs(client, exp_id, f"tags.sweep = '{sweep}' and attributes.status = 'RUNNING'")
     for run in runs:
         client.set_tag(run.info.run_id, "ended", "interrupted")
         client.set_terminated(run.info.run_id, "KILLED")
@@ -75,7 +89,7 @@ def close_running_runs(client: MlflowClient, exp_id: str, sweep: str) -> int:
 
 def delete_sweep_runs(client: MlflowClient, exp_id: str, sweep: str) -> int:
     """Delete every run of the sweep (--restart); returns how many."""
-    runs = client.search_runs([exp_id], f"tags.sweep = '{sweep}'", max_results=MAX_RUNS)
+    runs = all_runs(client, exp_id, f"tags.sweep = '{sweep}'")
     for run in runs:
         client.delete_run(run.info.run_id)
     return len(runs)

@@ -1,18 +1,22 @@
 """Checks made before anything starts: the Ray address answers, the MLflow store and the storage
-path are usable, and a trial's resources fit some node of the cluster. Each failure is a
+path are usable, and a trial's resources fit some node of the cluster (or one its autoscaler can
+add, or one that joins within `--wait-for-resources`; `sweeps/autoscaling.py`). Each failure is a
 `PreflightError` whose message names the value and what to do."""
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from gloss_core.errors import UserError
 from gloss_core.paths import writable_folder
 from gloss_core.provenance import redact, sqlite_database
+from sweeps.autoscaling import fits, live_resources, scaling_or_wait
 
 
 class PreflightError(UserError):
@@ -56,10 +60,31 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
             raise PreflightError(f"no MLflow server answers at {redact(uri)} ({getattr(err, 'reason', err)}); start it "
                                  "(`mlflow server ...`) or pass another --tracking-uri") from None
     elif scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+            raise PreflightError(f"tracking URI {uri!r}: a folder (MLflow's file store) is refused by MLflow 3; use "
+                                 "sqlite:///FILE.db (the default is sqlite:///mlflow.db), an mlflow server, or "
+                                 "postgresql://...")
         writable_folder(Path(parsed.path if scheme == "file" else uri), f"tracking URI {uri!r}")
     elif scheme.split("+")[0] not in ("postgresql", "mysql", "mssql", "databricks"):
         raise PreflightError(f"tracking URI {redact(uri)!r}: unknown scheme {scheme!r}; use sqlite:///FILE.db, "
                              "http(s)://HOST:PORT (an mlflow server), postgresql://..., or a folder")
+
+
+def check_experiment(uri: str, sweep: str) -> None:
+    """The store can be read, and the sweep's experiment, if it exists, is not deleted."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(sweep)
+    except Exception as err:  # noqa: BLE001 - whatever the store's driver raises: one line naming the store
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise PreflightError(f"the MLflow store at {redact(uri)} cannot be read ({type(err).__name__}: {first}); "
+                             "check that it is an MLflow database (or server), or pass another --tracking-uri") from None
+    if found is not None and found.lifecycle_stage != "active":
+        raise PreflightError(
+            f"the MLflow store at {redact(uri)} holds experiment {sweep!r} (id {found.experiment_id}) as deleted: "
+            f"restore it (`mlflow experiments restore --experiment-id {found.experiment_id}`), remove it for good "
+            "(`mlflow gc`), or give the sweep another name")
 
 
 def check_storage(location: str) -> None:
@@ -76,12 +101,24 @@ def check_storage(location: str) -> None:
         raise PreflightError(f"storage_path {location!r} cannot be opened: {err}") from None
 
 
-def check_resources(cpu: float, gpu: float, nodes: list[dict]) -> None:
-    """Some alive node must hold one trial's `cpu` and `gpu`, or no trial could ever start."""
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
-    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in alive):
+def check_resources(cpu: float, gpu: float, nodes: list[dict], wait_s: float = 0.0,
+                    refresh: Callable[[], list[dict]] | None = None, say: Callable[[str], None] = print) -> None:
+    """Some alive node must hold one trial's `cpu` and `gpu`, or the cluster's autoscaler must be
+    able to add one, or one must join within `wait_s` seconds (`refresh` lists the nodes again;
+    default `ray.nodes`); otherwise no trial could ever start."""
+    if any(fits(r, cpu, gpu) for r in live_resources(nodes)):
         return
+    import ray
+
+    answer, waited = scaling_or_wait(cpu, gpu, wait_s, refresh or ray.nodes, say)
+    if answer.verdict == "can":
+        say(f"resources: {answer.detail}; the sweep starts and its trials wait for that node")
+        return
+    alive = live_resources((refresh or ray.nodes)() if waited else nodes)
     largest = max(alive, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    after = f" after waiting {waited:.0f} s" if waited else ""
     raise PreflightError(f"resources: a trial asks for cpu {cpu:g}, gpu {gpu:g}, but no node of this cluster has that "
-                         f"much (largest: cpu {largest.get('CPU', 0):g}, gpu {largest.get('GPU', 0):g}); lower "
-                         "`resources` in the spec, or add a bigger node")
+                         f"much (largest: cpu {largest.get('CPU', 0):g}, gpu {largest.get('GPU', 0):g}) among its "
+                         f"{len(alive)} live node(s){after}, and {answer.detail}; lower `resources` in the spec, add "
+                         "a bigger node or a node type the autoscaler can add, or give nodes time to join with "
+                         "--wait-for-resources SECONDS")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 
 import ray
 
@@ -34,7 +36,9 @@ def _quiet() -> None:
     # traceback from Tune on the console
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(
         lambda record: "Trial task failed" not in record.getMessage())
-    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Trials did not complete" not in record.getMessage())
+    # an interrupt: the sweep's own line says it is saved and how to go on (gloss ... --resume, not Tuner.restore)
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: not any(text in record.getMessage() for text in (
+        "Trials did not complete", "Stop signal received", "Experiment has been interrupted")))
 
 
 @contextlib.contextmanager
@@ -48,8 +52,27 @@ def ray_session(address: str | None, num_cpus: int | None):
     preflight.check_address(resolved)
     ray.init(address=resolved, include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}})
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                                       # a trial given 0 GPUs sees none (Ray 2.x leaves the node's
+                                       # CUDA_VISIBLE_DEVICES as it is otherwise; trainables/devices.py)
+                                       "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}})
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint():
+    """SIGTERM (what `ray job stop` and most process managers send) does what SIGINT does: Tune
+    saves the state and the sweep ends with exit status 130, ready for --resume. Installed after
+    `ray.init`, whose own handler would exit at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a sweep run from a caller's thread)
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

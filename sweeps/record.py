@@ -34,13 +34,17 @@ def _find(client, experiment_id: str, sweep: str):
     return found[0] if found else None
 
 
-def summary_run(client, experiment_id: str, spec: SweepSpec) -> str:
-    """The sweep's summary run: found again on resume, else created with the spec, commit and versions."""
+def summary_run(client, experiment_id: str, spec: SweepSpec, identity: dict[str, str] | None = None) -> str:
+    """The sweep's summary run: found again on resume, else created with the spec, commit and
+    versions. `identity`: tags naming the sweep's storage folder (set on a run from before them)."""
     found = _find(client, experiment_id, spec.name)
     if found is not None:
+        for key, value in (identity or {}).items():
+            if key not in found.data.tags:
+                client.set_tag(found.info.run_id, key, value)
         return found.info.run_id
     tags = {"sweep": spec.name, "kind": "summary", "phase": "summary", "git_commit": git_commit(),
-            "package_versions": json.dumps(package_versions())}
+            "package_versions": json.dumps(package_versions()), **(identity or {})}
     run_id = client.create_run(experiment_id, run_name="summary", tags=tags).info.run_id
     recorded = spec.model_dump(mode="json", by_alias=True)
     recorded["tracking_uri"] = redact(recorded["tracking_uri"]) if recorded.get("tracking_uri") else None

@@ -1,10 +1,11 @@
 """Each cell's model worth keeping: of its replicate seeds, the one with the best validation score
-(never chosen on test) is registered as `<sweep>.<cell>` in the MLflow Model Registry."""
+(never chosen on test) is registered as `<sweep>.<cell>` in the MLflow Model Registry, and its alias
+`best` points at that version (`models:/<sweep>.<cell>@best`)."""
 
 from __future__ import annotations
 
 from gloss_core.spread import MeanStd
-from serving.registry import register
+from serving.registry import BEST, register
 from sweeps.mlflow_runs import trial_run
 from trainables.report import TrialResult
 
@@ -37,6 +38,9 @@ def register_best(client, exp_id: str, sweep: str, cell: str, metric: str, mode:
             tags[key] = spread.format(scale=100 if percent else 1, decimals=2 if percent else 4) + (
                 f"{' %' if percent else ''} (mean ± std over {spread.n} seeds)")
     name = registered_name(sweep, cell)
-    version = register(client, name, model_uri, run_id, tags)
+    kept = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if kept:  # a resume past the replicate phase: this replicate is registered already, not again
+        return kept[0].version
+    version = register(client, name, model_uri, run_id, tags, alias=BEST)
     client.set_tag(run_id, "registered_as", f"models:/{name}/{version}")
     return version

@@ -29,30 +29,26 @@ from gloss_core.provenance import default_tracking_uri
 from gloss_core.report import SCORE
 from serving.registry import delete_registered, quiet_mlflow
 from sweeps import console, preflight
-from sweeps.cells import CellASHA, CellSearcher
+from sweeps.cells import CellASHA, CellSearcher, SchedulerState
+from sweeps.history import STORAGE, STORAGE_ID, SpecChange, kept_uri, recorded_spec
 from sweeps.mlflow_runs import close_running_runs, delete_sweep_runs, experiment_id, parent_run, reconcile_trial_runs
 from sweeps.outcomes import (ReplicateOutcome, SearchOutcome, SensitivityOutcome, best_trials, closing_reports,
                              replicates_finished, trial_ids)
+from sweeps.pending import pending_trials  # issue 20: trials pending at once
 from sweeps.progress import ProgressPrinter
-from sweeps.ray_session import ray_session
+from sweeps.ray_session import ray_session, sigterm_as_sigint
 from sweeps.record import summary_run
 from sweeps.recording import PhaseRecorder
 from sweeps.registering import registered_name
 from sweeps.resilience import RetryingClient
+from sweeps.resources import CellResources, distinct_needs  # issue 20: resources per cell
 from sweeps.sensitivity import points, tags
 from sweeps.spec import Cell, SpaceSampler, SweepSpec
+from sweeps.startup import PhaseFailed, Start, SweepInterrupted, started  # noqa: F401 - the errors: the runner's API
 from sweeps.storage import SweepStorage, check_folder
-from sweeps.tracking import MLflowTrialLogger
+from sweeps.tracking import MLflowTrialLogger, restored_into
 from trainables.plan import CELL, PhasePlan
 from trainables.trainable import gloss_trainable
-
-
-class SweepInterrupted(RuntimeError):
-    """The sweep was stopped (Ctrl-C, SIGINT from `ray job stop`); its state is saved for --resume."""
-
-
-class PhaseFailed(RuntimeError):
-    """Every trial of a phase failed: the sweep ends with exit status 3 (what ran is recorded)."""
 
 
 def spec_hash(spec: SweepSpec) -> str:
@@ -77,14 +73,25 @@ class SweepRunner:
         self.cells = {cell.name: cell for cell in spec.cells()}
         self.threads = max(1, int(spec.resources.cpu))
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
+        self.phase = "search"  # the phase running (or about to)
 
-    def run(self, resume: bool = False, restart: bool = False) -> dict:
+    def run(self, resume: bool = False, restart: bool = False, accepted: list[SpecChange] | None = None) -> dict:
+        """Every phase in turn. `accepted`: the spec changes a resume accepted (`history.check_resumed_spec`)."""
         check_folder(self.storage, resume, restart)
         if restart:
             self.discard_previous()
-        self.storage.mark(spec_hash(self.spec))
-        summary_run(self.client, self.exp_id, self.spec)  # created first: the spec, git commit, package versions
+        started_with = (self.storage.marker() or {}).get("tracking_uri") if resume else None
+        marker = self.storage.mark(spec_hash(self.spec), recorded_spec(self.spec), kept_uri(self.uri),
+                                   [str(change) for change in accepted or []])
+        if started_with and started_with != marker["tracking_uri"]:
+            console.say(f"the sweep records to {marker['tracking_uri']} from now on (it started with {started_with})")
+        # created first: the spec, git commit, package versions, and which storage folder is this sweep's
+        summary = summary_run(self.client, self.exp_id, self.spec, {STORAGE_ID: marker["id"], STORAGE: str(self.storage)})
         console.announce(self.spec, len(self.cells), self.uri, str(self.storage), resume)
+        if accepted:
+            self.client.log_dict(summary, {"accepted_changes": marker["accepted_changes"]}, "resume_changes.json")
+            console.say(f"resumed with {len(accepted)} spec change(s), recorded in the summary run: "
+                        + "; ".join(str(change) for change in accepted))
         try:
             search = self.search(resume)
             self.recorder.search(self.parents["search"], search)
@@ -104,6 +111,8 @@ class SweepRunner:
                 if sensitivity.points and not sensitivity.finals:
                     raise PhaseFailed("every sensitivity trial failed; each run's `error` tag says why")
             return self.summarise(search, replicate, sensitivity)
+        except KeyboardInterrupt:  # a signal between two phases' Tuners: nothing of a phase is half-done
+            raise SweepInterrupted(self.phase) from None
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
 
@@ -112,7 +121,7 @@ class SweepRunner:
         experiment holds one sweep; say what went. A folder without this sweep's marker is refused
         before anything is deleted."""
         self.storage.refuse_unless_ours("delete")
-        existed = self.storage.exists()
+        existed = self.storage.holds_run()
         marker = self.storage.marker() if existed else None
         self.storage.remove()
         runs = delete_sweep_runs(self.client, self.exp_id, self.spec.name)
@@ -129,13 +138,14 @@ class SweepRunner:
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
-             total: int, finished, cells: dict[str, Cell] | None = None) -> tune.ResultGrid:
+             total: int, finished, cells: dict[str, Cell] | None = None, callbacks: tuple = ()) -> tune.ResultGrid:
         """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go.
         Tune returns normally on SIGINT, and marks the trials it stopped TERMINATED: the phase is
         complete only if every expected trial exists and `finished(results)` says they all ended.
         `cells`: the phase's cells by name (default: the grid's); a sensitivity point's runs go
-        under its grid cell's parent run."""
-        phase = plan.phase
+        under its grid cell's parent run. `callbacks`: the phase's own, after the trial logger and
+        the progress line (a restored Tuner keeps those it started with)."""
+        phase = self.phase = plan.phase
         cells = self.cells if cells is None else cells
         bases = {cell.extra_tags.get("base_cell", name) for name, cell in cells.items()}
         base_parents = {base: parent_run(self.client, self.exp_id, self.cells[base], phase) for base in sorted(bases)}
@@ -144,23 +154,27 @@ class SweepRunner:
         logger = MLflowTrialLogger(self.uri, self.exp_id, parents, cells, plan,
                                    unlogged=self.storage.file(f"mlflow_unlogged_{phase}.json"))
         progress = ProgressPrinter(phase, self.spec.metric, total, console.console.width)
-        resources = {"cpu": self.spec.resources.cpu, "gpu": self.spec.resources.gpu}
+        resources = CellResources(cells)  # issue 20: each trial holds its cell's resources
         trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
         if resume and self.storage.exists(phase) and _can_restore(self.storage, phase):
-            tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False)
+            with restored_into(self.uri):  # its trial logger records where this resume does
+                tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=False)
         else:
             self.storage.remove(phase)
             run_config = tune.RunConfig(
-                name=phase, storage_path=self.storage.uri, callbacks=[logger, progress], verbose=0,
+                name=phase, storage_path=self.storage.uri, callbacks=[logger, progress, *callbacks], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             )
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-        results = tuner.fit()
+        with pending_trials(tune_config.max_concurrent_trials):  # issue 20: a large cluster fills at once
+            results = tuner.fit()
         if len(results) < total or not finished(results):
             raise SweepInterrupted(phase)
-        reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, trial_ids(results))
+        superseded = reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, trial_ids(results),
+                                          set(base_parents.values()))
+        console.superseded(phase, superseded)
         return results
 
     def search(self, resume: bool) -> SearchOutcome:
@@ -184,7 +198,7 @@ class SweepRunner:
                 searcher.restore_from_dir(folder)  # the studies as Tune saved them at the end
             return not any(states["RUNNING"] for states in searcher.trial_states().values())
 
-        results = self._fit(plan, {}, tune_config, resume, total, finished)
+        results = self._fit(plan, {}, tune_config, resume, total, finished, callbacks=(SchedulerState(scheduler),))
         outcome = SearchOutcome(best_trials(results, plan, spec.mode), searcher.trial_states(), searcher.repeats())
         console.repeats(outcome.repeats, spec.search.num_samples)
         return outcome
@@ -246,7 +260,7 @@ class SweepRunner:
             console.console.print(shown)
         registered = [registered_name(spec.name, name) for name in self.cells if replicate.finals.get(name)]
         if spec.replicate and spec.replicate.export and registered:
-            console.say(f"registered models: {', '.join(registered)} (gloss predict models:/NAME/latest INPUT.csv)")
+            console.say(f"registered models: {', '.join(registered)} (gloss predict models:/NAME@best INPUT.csv)")
         best = {name: asdict(trial) for name, trial in search.best.items()}
         self.recorder.summary(summary_run(self.client, self.exp_id, spec), {
             "cells": rows, "best": best, "search_repeats": search.repeats, "sensitivity": sens_rows,
@@ -258,15 +272,21 @@ class SweepRunner:
 
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
-              storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Check what can be checked first (store, storage, address), start (or join) Ray, check that
-    a trial fits a node, run every phase, shut Ray down if this call started it."""
-    uri = tracking_uri or spec.tracking_uri or default_tracking_uri()
-    location = storage_path or spec.storage_path or "ray_results"
-    preflight.check_tracking_uri(uri)
-    preflight.check_storage(location)
-    check_folder(SweepStorage(location, spec.name), resume, restart)
-    quiet_mlflow()
-    with ray_session(ray_address, num_cpus):
-        preflight.check_resources(spec.resources.cpu, spec.resources.gpu, ray.nodes())
-        return SweepRunner(spec, uri, location).run(resume, restart)
+              storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None,
+              wait_for_resources: float = 0.0) -> dict:
+    """Check what can be checked first and take the sweep's lock (`sweeps.startup.started`), then
+    `run_started`. A resume records to the tracking URI the sweep started with unless
+    `tracking_uri` (or the spec's) moves it."""
+    with started(spec, tracking_uri, resume, restart, storage_path, console.say) as start:
+        return run_started(start, ray_address, num_cpus, wait_for_resources)
+
+
+def run_started(start: Start, ray_address: str | None = None, num_cpus: int | None = None,
+                wait_for_resources: float = 0.0) -> dict:
+    """Start (or join) Ray, check that each cell's trial fits a node, run every phase, shut Ray
+    down if this call started it. SIGTERM (`ray job stop`'s default) saves the state as SIGINT does."""
+    quiet_mlflow()  # and transformers' progress bars
+    with ray_session(ray_address, num_cpus), sigterm_as_sigint():
+        for need in distinct_needs(start.spec.cells()):  # each cell's trial must fit some node
+            preflight.check_resources(need.cpu, need.gpu, ray.nodes(), wait_s=wait_for_resources, say=console.say)
+        return SweepRunner(start.spec, start.uri, start.location).run(start.resume, start.restart, start.accepted)

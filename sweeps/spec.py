@@ -5,6 +5,11 @@ space, the per-cell budget, ASHA, the metric, trial resources, the replicate pha
 sensitivity phase (`sweeps/sensitivity.py`) and where results go. Errors name the key and what
 is allowed. See `sweeps/specs/demo.yaml`.
 
+A dataset or model entry holds its own training options and, under `resources`, what its trials
+hold. A cell's options: `train` < the dataset entry < the model entry < the loss variant's
+`loss` and `fixed` < the grid's seed and the spec's metric (then a trial's searched values); its
+resources: `resources` < the dataset entry's < the model entry's, key by key.
+
 Search-space entries: `{loguniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{int: [lo, hi]}`
 (inclusive) or `{choice: [a, b, ...]}`; anything in `fixed` is a constant.
 """
@@ -33,6 +38,10 @@ TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 GRID_KEYS = {"data", "model", "loss", "seed", "protocol", "selection_metric", "selection_mode"}
 DEFAULT_METRIC = {protocol: metrics[0] for protocol, metrics in SELECTION_METRICS.items()}
 SWEEP_CHECKPOINT_BUDGET = 0.05  # a trial spends at most 5% of its time on checkpoints (train: overrides)
+
+
+MAX_NAME = 100  # characters of a sweep's name
+MAX_TRIALS = 50_000  # trials of one phase: the runner reads a phase's runs back in one query of this size
 
 
 class SpecError(UserError, ValueError):
@@ -81,10 +90,40 @@ class Asha(Strict):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
 
+    @model_validator(mode="after")
+    def _grace_within_max_t(self):
+        if self.grace_period > self.max_t:
+            raise ValueError(f"asha.grace_period {self.grace_period} is more than asha.max_t {self.max_t}: no trial "
+                             "would train long enough to reach its first rung")
+        return self
+
 
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu):
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError(f"a trial holds a fraction of one GPU or whole GPUs, not {gpu:g}")
+        return gpu
+
+
+RESOURCES = "resources"  # the one key of a dataset or model entry that is not a training option
+
+
+def _entry_resources(value, where: str) -> dict[str, float]:
+    """A dataset's or model's own `resources`: the keys it sets (each overrides the spec's)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: give a mapping such as {{gpu: 1}}, got {short(value)}")
+    try:
+        parsed = Resources.model_validate(value)
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                                   + (f" (got {short(e['input'])})" if e["type"] != "extra_forbidden" else "")
+                                   for e in err.errors())) from None
+    return {key: getattr(parsed, key) for key in sorted(parsed.model_fields_set)}
 
 
 def _unique_seeds(seeds: list[int]) -> list[int]:
@@ -135,6 +174,9 @@ class SweepSpec(Strict):
     def _name(cls, name):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError("use letters, digits, '_', '.', '-' (it names folders and the MLflow experiment)")
+        if len(name) > MAX_NAME:
+            raise ValueError(f"{len(name)} characters; use at most {MAX_NAME} (it names folders, the MLflow experiment "
+                             "and each cell's registered model, NAME.CELL)")
         return name
 
     @field_validator("datasets", "models", mode="before")
@@ -146,12 +188,21 @@ class SweepSpec(Strict):
             values = {Path(str(v)).name or str(v): {key: v} for v in values}
         if not values:
             raise ValueError("give at least one entry")
+        checked = {}
         for name, overrides in values.items():
+            where = f"{info.field_name}.{name}"
             if not isinstance(overrides, dict):
                 raise ValueError(f"entry {name!r} must be a mapping of training options")
-            _check_overrides(overrides, f"{info.field_name}.{name}")
-        _no_join(values, info.field_name)
-        return values
+            if "train" in overrides:
+                raise ValueError(f"{where}.train: an entry's training options go in the entry itself, e.g. "
+                                 f"{{{key}: ..., batch_size: 32, resources: {{gpu: 1}}}}")
+            options = {k: v for k, v in overrides.items() if k != RESOURCES}
+            _check_overrides(options, where)
+            if RESOURCES in overrides:
+                options[RESOURCES] = _entry_resources(overrides[RESOURCES], f"{where}.{RESOURCES}")
+            checked[name] = options
+        _no_join(checked, info.field_name)
+        return checked
 
     @field_validator("losses")
     @classmethod
@@ -192,6 +243,13 @@ class SweepSpec(Strict):
                              "rerunning its best search trial exactly; use replicate seeds >= 1")
         if self.sensitivity is not None:
             self._check_sensitivity(self.sensitivity)
+        cells = len(self.datasets) * len(self.models) * len(self.losses) * len(self.seeds)
+        phases = {"search": cells * self.search.num_samples,
+                  "replicate": cells * len(self.replicate.seeds) if self.replicate else 0}
+        for phase, trials in phases.items():
+            if trials > MAX_TRIALS:
+                raise ValueError(f"the {phase} phase would run {trials:,} trials ({cells:,} cell(s)); a sweep's phase "
+                                 f"holds at most {MAX_TRIALS:,} (one MLflow run each): split the grid into sweeps")
         return self
 
     def _check_sensitivity(self, sens: Sensitivity) -> None:
@@ -226,13 +284,19 @@ class SweepSpec(Strict):
                 for lname, variant in self.losses.items():
                     for seed in self.seeds:
                         constants = {"epochs": self.asha.max_t, "checkpoint_budget": SWEEP_CHECKPOINT_BUDGET,
-                                     **self.train, **dopts, **mopts,
+                                     **self.train, **_options(dopts), **_options(mopts),
                                      "protocol": self.protocol, "loss": variant.loss, **variant.fixed, "seed": seed,
                                      "selection_metric": self.metric, "selection_mode": self.mode}
                         name = CELL_JOIN.join([dname, mname, lname, f"s{seed}"])
                         out.append(Cell(self.name, name, dname, mname, lname, seed, self.protocol, constants,
-                                        variant.space))
+                                        variant.space, resources=self.cell_resources(dname, mname)))
         return out
+
+    def cell_resources(self, dataset: str, model: str) -> Resources:
+        """What one trial of a (dataset, model) cell holds: the spec's `resources`, then the
+        dataset entry's, then the model entry's, key by key."""
+        return Resources(**{**self.resources.model_dump(), **self.datasets[dataset].get(RESOURCES, {}),
+                            **self.models[model].get(RESOURCES, {})})
 
     def check_names(self) -> None:
         """No two cells share a name (it keys the cell's Optuna study, parent run and trials). With
@@ -249,6 +313,11 @@ class SweepSpec(Strict):
         """Build a TrainConfig for every cell with the space's lowest values, and with each choice
         of every `choice` (and each bound of every range), so bad values fail now, not in a trial."""
         for cell in self.cells():
+            device = str(cell.constants.get("device", "auto"))
+            if device.startswith("cuda") and cell.resources.gpu == 0:
+                raise SpecError(f"cell {cell.name}: device {device!r} needs a GPU, but the cell's resources give it "
+                                "gpu 0 (a trial uses only the GPUs Ray assigns it); set resources.gpu in the spec, "
+                                "the dataset or the model entry, or use device auto")
             lowest = {key: dist.lowest() for key, dist in cell.space.items()}
             variants = [lowest]
             for key, dist in cell.space.items():
@@ -277,10 +346,16 @@ class Cell:
     constants: dict[str, Any] = dataclasses.field(default_factory=dict)
     space: dict[str, Distribution] = dataclasses.field(default_factory=dict)
     extra_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # a sensitivity point's param, value, ...
+    resources: Resources = dataclasses.field(default_factory=Resources)  # what one of its trials holds
 
     def tags(self) -> dict[str, str]:
         return {"sweep": self.sweep, "cell": self.name, "dataset": self.dataset, "model": self.model,
                 "loss": self.loss, "seed": str(self.seed), "protocol": self.protocol, **self.extra_tags}
+
+
+def _options(entry: dict) -> dict:
+    """A dataset or model entry's training options (all its keys but `resources`)."""
+    return {k: v for k, v in entry.items() if k != RESOURCES}
 
 
 def _local_path(value: str, key: str) -> bool:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from gloss_core.provenance import default_tracking_uri, redact
 from gloss_core.report import SCORE, better
+from sweeps.mlflow_runs import all_runs
 from sweeps.record import read_record
 from sweeps.spec import DEFAULT_METRIC
 
@@ -23,8 +24,11 @@ def sweep_status(name: str, tracking_uri: str | None = None) -> list[dict]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise LookupError(f"no sweep named {name!r} in {redact(uri)}")
+    if experiment.lifecycle_stage != "active":
+        raise LookupError(f"sweep {name!r} in {redact(uri)} is deleted (experiment id {experiment.experiment_id}): "
+                          f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` brings it back")
     spec = read_record(client, experiment.experiment_id, name).spec
-    runs = client.search_runs([experiment.experiment_id], "tags.kind = 'trial'", max_results=50000)
+    runs = all_runs(client, experiment.experiment_id, "tags.kind = 'trial'")
     rows: dict[tuple[str, str], dict] = {}
     for run in runs:
         tags = run.data.tags

