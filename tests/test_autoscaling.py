@@ -45,7 +45,7 @@ def test_a_trial_no_node_type_can_hold_fails_within_the_wait(autoscaling_cluster
     started = time.monotonic()
     with pytest.raises(PreflightError) as raised:
         check_resources(1, 2, ray.nodes(), wait_s=4, say=lines.append)
-    assert time.monotonic() - started < 4 + 10  # the wait, one poll and a last look at the nodes
+    assert time.monotonic() - started < 4 + 60  # the wait, one poll and a last look (bounded, on a loaded machine too)
     message = str(raised.value)
     assert "a trial asks for cpu 1, gpu 2, but no node of this cluster has that much" in message
     assert re.search(r"\(largest: cpu 2, gpu [01]\) among its [12] live node\(s\) after waiting [45] s, and the "
