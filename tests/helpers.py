@@ -25,3 +25,13 @@ def make_batch(n=12, d=6, num_classes=3, seed=0, dtype=torch.float64, gamma=0.5)
 def np_inputs(emb, labels, labeled):
     """The exact values a loss saw (after any rounding to bf16), as float64 NumPy arrays and lists."""
     return emb.detach().double().cpu().numpy(), labels.cpu().tolist(), labeled.cpu().tolist()
+
+
+def max_overlap(runs) -> int:
+    """The most MLflow runs that were running at one moment (from their start and end times)."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from helpers import max_overlap
 from servers import BIN, MlflowServer, free_port
 from sweeps.spec import load_spec
 
@@ -63,15 +64,6 @@ def assert_every_metric_arrived(client, runs) -> None:
         assert run.info.status == "FINISHED", (run.info.status, run.data.tags.get("ended"))
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
         assert sorted(steps) == list(range(1, int(run.data.metrics["epoch"]) + 1)), steps
-
-
-def max_overlap(runs) -> int:
-    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
 
 
 def test_postgres_mlflow_server_with_8_concurrent_trials(tiny_model_dir, tmp_path, postgres_db):

@@ -14,6 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from helpers import max_overlap
+
 from gloss_core.report import EpochReport
 from gloss_core.training.gpu import peak_gpu_memory_mb, release_gpu_memory
 from sweeps.cells import CellSearcher
@@ -83,15 +85,6 @@ def two_logical_gpus():
     ray.shutdown()
 
 
-def overlap(runs) -> int:
-    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
 def test_fractional_trials_share_gpus_and_a_zero_gpu_trial_uses_none(two_logical_gpus, tiny_model_dir, tmp_path):
     from sweeps.runner import run_sweep
 
@@ -122,7 +115,7 @@ def test_fractional_trials_share_gpus_and_a_zero_gpu_trial_uses_none(two_logical
     assert len(half) == len(none) == 4 and all(r.info.status == "FINISHED" for r in runs)
     # gpu 0.5: the four ran at once, two on each GPU id, each on the CPU (the GPUs are logical here)
     assert collections.Counter(r.data.tags["gpu_ids"] for r in half) == {"0": 2, "1": 2}
-    assert overlap(half) == 4
+    assert max_overlap(half) == 4
     assert {r.data.tags["device"] for r in half} == {"cpu"}
     # gpu 0: no GPU recorded, the CPU, although CUDA_VISIBLE_DEVICES=0,1 is set in its environment
     assert all("gpu_ids" not in r.data.tags and r.data.tags["device"] == "cpu" for r in none)
