@@ -1,10 +1,12 @@
 """Whether a cluster can ever run one trial when no live node fits it: an autoscaler that can add
 such a node (KubeRay with zero GPU workers at rest), or nodes that join within a wait.
 
-`autoscaler_can_fit(cpu, gpu)` looks once: the node types the autoscaler reported to the GCS, if
-it did; otherwise what the autoscaler is doing with a request for one trial's bundle (launching a
-node for it, or calling it infeasible). `wait_for_resources(...)` asks the autoscaler for that
-bundle and polls until a node fits, the autoscaler launches one, or the wait runs out;
+`autoscaler_can_fit(cpu, gpu, before)` looks once: the node types the autoscaler reported to the
+GCS, if it did; otherwise what the autoscaler is doing with a request for one trial's bundle
+(launching a node for it, or calling it infeasible). Only launches beyond those already under way
+at the first look (`before`; none at the first look itself) count: a node another demand asked
+for says nothing of this bundle. `wait_for_resources(...)` asks the autoscaler for that bundle
+and polls until a node fits, the autoscaler launches one, or the wait runs out;
 `scaling_or_wait(...)` is what the preflight calls. Needs a connected Ray (`ray.init`); every read
 is best effort, and an unreadable state counts as no autoscaler.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 POLL_S = 2.0  # between two looks while waiting
@@ -33,6 +35,7 @@ class Scaling:
 
     verdict: Verdict
     detail: str
+    launching: dict[str, int] = field(default_factory=dict)  # node type -> nodes being launched
 
 
 def fits(resources: dict, cpu: float, gpu: float) -> bool:
@@ -83,19 +86,27 @@ def _v1_status() -> dict | None:
     return status
 
 
-def _v1_scaling(status: dict) -> Scaling:
+def _launch_answer(launching: dict[str, int], before: dict[str, int] | None, pending_detail: str) -> Scaling:
+    """`can` if more nodes of some type are being launched than at the first look (`before`);
+    at the first look itself (`before` None) no launch can be this bundle's yet."""
+    before = launching if before is None else before
+    new = {name: count - before.get(name, 0) for name, count in launching.items() if count > before.get(name, 0)}
+    if new:
+        names = ", ".join(f"{count} x {name}" for name, count in sorted(new.items()))
+        return Scaling("can", f"the autoscaler is launching {names}", launching)
+    return Scaling("pending", pending_detail, launching)
+
+
+def _v1_scaling(status: dict, before: dict[str, int] | None) -> Scaling:
     report = status.get("autoscaler_report") or {}
     launching = dict(report.get("pending_launches") or {})
     for pending in report.get("pending_nodes") or []:
         launching[pending[1]] = launching.get(pending[1], 0) + 1
-    if launching:
-        names = ", ".join(f"{count} x {name}" for name, count in sorted(launching.items()))
-        return Scaling("can", f"the autoscaler is launching {names}")
-    return Scaling("pending", "the autoscaler has launched no node for it (none of its node types fits, or it "
-                              "needs longer)")
+    return _launch_answer(launching, before, "the autoscaler has launched no node for it (none of its node types "
+                                             "fits, or it needs longer)")
 
 
-def _v2_scaling(cpu: float, gpu: float) -> Scaling:
+def _v2_scaling(cpu: float, gpu: float, before: dict[str, int] | None) -> Scaling:
     import ray
     from ray._raylet import GcsClient
     from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
@@ -103,19 +114,24 @@ def _v2_scaling(cpu: float, gpu: float) -> Scaling:
     reply = GetClusterStatusReply()
     reply.ParseFromString(GcsClient(ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=10))
     state = reply.autoscaling_state
-    launching = [f"{r.count} x {r.ray_node_type_name}" for r in state.pending_instance_requests] + [
-        p.ray_node_type_name for p in state.pending_instances]
-    if launching:
-        return Scaling("can", f"the autoscaler is launching {', '.join(launching)}")
+    launching: dict[str, int] = {}
+    for request in state.pending_instance_requests:
+        launching[request.ray_node_type_name] = launching.get(request.ray_node_type_name, 0) + request.count
+    for instance in state.pending_instances:
+        launching[instance.ray_node_type_name] = launching.get(instance.ray_node_type_name, 0) + 1
+    answer = _launch_answer(launching, before, "the autoscaler has launched no node for it")
+    if answer.verdict == "can":
+        return answer
     infeasible = [dict(r.request.resources_bundle) for c in state.infeasible_cluster_resource_constraints
                   for r in c.resource_requests] + [dict(r.resources_bundle) for r in state.infeasible_resource_requests]
     if any(b.get("CPU", 0) >= cpu and b.get("GPU", 0) >= gpu for b in infeasible):
-        return Scaling("cannot", "the autoscaler says no node type fits it (infeasible)")
-    return Scaling("pending", "the autoscaler has launched no node for it")
+        return Scaling("cannot", "the autoscaler says no node type fits it (infeasible)", launching)
+    return answer
 
 
-def autoscaler_can_fit(cpu: float, gpu: float) -> Scaling:
-    """One look at whether the cluster's autoscaler can add a node holding `cpu` and `gpu`."""
+def autoscaler_can_fit(cpu: float, gpu: float, before: dict[str, int] | None = None) -> Scaling:
+    """One look at whether the cluster's autoscaler can add a node holding `cpu` and `gpu`;
+    `before` is what was being launched at the first look, None for the first look itself."""
     try:
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
@@ -123,13 +139,13 @@ def autoscaler_can_fit(cpu: float, gpu: float) -> Scaling:
         if known is not None:
             return known
         if is_autoscaler_v2(fetch_from_server=True):
-            return _v2_scaling(cpu, gpu)
+            return _v2_scaling(cpu, gpu, before)
         status = _v1_status()
     except Exception as err:  # noqa: BLE001 - a client connection or an older Ray may not expose these
         return Scaling("none", f"the autoscaler's state cannot be read ({type(err).__name__}: {str(err)[:200]})")
     if status is None:
         return Scaling("none", "no autoscaler runs on this cluster")
-    return _v1_scaling(status)
+    return _v1_scaling(status, before)
 
 
 def _request(bundles: list[dict]) -> None:
@@ -142,7 +158,8 @@ def _request(bundles: list[dict]) -> None:
 
 
 def wait_for_resources(cpu: float, gpu: float, wait_s: float, nodes: Callable[[], list[dict]],
-                       say: Callable[[str], None], poll_s: float = POLL_S) -> Scaling:
+                       say: Callable[[str], None], poll_s: float = POLL_S,
+                       before: dict[str, int] | None = None) -> Scaling:
     """Ask the autoscaler for one trial's bundle, then look every `poll_s` for up to `wait_s`
     seconds, with a progress line every `SAY_EVERY_S`. Returns `can` as soon as a live node fits
     or the autoscaler launches one; `cannot` as soon as the autoscaler calls the bundle
@@ -156,7 +173,7 @@ def wait_for_resources(cpu: float, gpu: float, wait_s: float, nodes: Callable[[]
         while True:
             if any(fits(r, cpu, gpu) for r in live_resources(nodes())):
                 return Scaling("can", "a node that fits has joined")
-            answer = autoscaler_can_fit(cpu, gpu)
+            answer = autoscaler_can_fit(cpu, gpu, before or {})
             if answer.verdict in ("can", "cannot"):
                 return answer
             now = time.monotonic()
@@ -186,5 +203,5 @@ def scaling_or_wait(cpu: float, gpu: float, wait_s: float, nodes: Callable[[], l
         return answer, 0.0
     say(f"resources: no live node has cpu {cpu:g}, gpu {gpu:g} ({describe_nodes(nodes())}); "
         f"waiting up to {window:g} s ({answer.detail})")
-    answer = wait_for_resources(cpu, gpu, window, nodes, say)
+    answer = wait_for_resources(cpu, gpu, window, nodes, say, before=answer.launching)
     return answer, time.monotonic() - started

@@ -52,3 +52,23 @@ def test_a_trial_no_node_type_can_hold_fails_within_the_wait(autoscaling_cluster
                      r"autoscaler has launched no node for it", message), message
     assert "--wait-for-resources SECONDS" in message
     assert lines and lines[0].startswith("resources: no live node has cpu 1, gpu 2"), lines
+
+
+def _v1_status_with(pending_launches: dict, pending_nodes: list) -> dict:
+    return {"autoscaler_report": {"pending_launches": pending_launches, "pending_nodes": pending_nodes,
+                                  "node_type_mapping": {"n1": "gpu_worker"}}}
+
+
+def test_only_a_launch_beyond_those_under_way_at_the_first_look_counts():
+    """A node another demand asked for (still launching when the preflight first looks) says
+    nothing of this trial's bundle; one more launched after the request does."""
+    from sweeps.autoscaling import _v1_scaling
+
+    under_way = _v1_status_with({}, [("10.0.0.2", "gpu_worker", "setting-up")])
+    first = _v1_scaling(under_way, None)
+    assert first.verdict == "pending" and first.launching == {"gpu_worker": 1}
+    assert _v1_scaling(under_way, first.launching).verdict == "pending"
+    more = _v1_scaling(_v1_status_with({"gpu_worker": 1}, [("10.0.0.2", "gpu_worker", "setting-up")]),
+                       first.launching)
+    assert more.verdict == "can" and more.detail == "the autoscaler is launching 1 x gpu_worker"
+    assert _v1_scaling(_v1_status_with({"big": 2}, []), {}).detail == "the autoscaler is launching 2 x big"
