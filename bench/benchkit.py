@@ -17,19 +17,19 @@ if str(REPO) not in sys.path:  # run as `python bench/X.py`: the project's packa
 SMOKE_HELP = "a tiny setting that runs the whole code path in seconds (tiny encoder, one round); figures mean nothing"
 
 
-def tiny_model_folder(folder: Path) -> str:
-    """The tests' tiny random-initialised BERT with MiniLM's tokenizer, saved as a local Hugging Face
-    folder (what `--smoke` trains instead of the bundled MiniLM)."""
+def tiny_model_folder(folder: Path, architecture: str = "bert") -> str:
+    """The tests' tiny random-initialised BERT (or RoBERTa, DistilBERT) with MiniLM's tokenizer,
+    saved as a local Hugging Face folder (what `--smoke` trains instead of the bundled MiniLM)."""
     if str(REPO / "tests") not in sys.path:
         sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import tiny_bert
+    from tiny_models import tiny_encoder
     from transformers.utils import logging as transformers_logging
 
     from gloss_core.models import load_tokenizer
 
     transformers_logging.disable_progress_bar()
     folder.mkdir(parents=True, exist_ok=True)
-    tiny_bert().save_pretrained(folder)
+    tiny_encoder(architecture).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)
     return str(folder)
 

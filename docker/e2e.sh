@@ -7,7 +7,7 @@
 #  3. the compose stack (docker/compose.yaml: PostgreSQL, the MLflow server on it, a Ray head, one
 #     CPU worker) under podman-compose, on free loopback ports;
 #  4. docker/e2e/sweep.yaml submitted with `ray job submit`: every trial in MLflow, on both nodes,
-#     and the registered model answers `gloss predict models:/NAME/latest`;
+#     and the registered model answers `gloss predict models:/NAME@best`;
 #  5. docker/e2e/resume.yaml stopped with `ray job stop` mid-sweep and resubmitted with --resume:
 #     every trial one run, one registered version;
 #  6. the CUDA variant built to its torch stage (--target torch) with a CUDA torch wheel, not run;

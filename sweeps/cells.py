@@ -89,6 +89,14 @@ def finite_points(space: dict, limit: int) -> list[dict] | None:
     return [dict(zip(space, combo)) for combo in itertools.product(*(_values(d) for d in space.values()))]
 
 
+def trial_config(result: dict | None) -> dict:
+    """The trial's config in a result as Tune hands it to a searcher (flattened: `config/<key>`)."""
+    result = result or {}
+    if isinstance(result.get("config"), dict):
+        return result["config"]
+    return {key[len("config/"):]: value for key, value in result.items() if key.startswith("config/")}
+
+
 def config_key(config: dict) -> str:
     """What makes two suggestions of one cell the same training run (the cell's constants, seed
     included, are the same for all its trials)."""
@@ -147,6 +155,7 @@ class CellSearcher(Searcher):
         self.running: dict[str, dict[str, str]] = {name: {} for name in spaces}  # cell -> key -> running trial id
         self.outcomes: dict[str, dict[str, tuple]] = {name: {} for name in spaces}  # cell -> key -> (state, value)
         self.waiting: dict[str, list] = {}  # trial id -> the Optuna trials of repeats waiting for its outcome
+        self.ended: set[str] = set()  # trial ids whose outcome the studies have heard
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # set per cell at construction
@@ -204,15 +213,50 @@ class CellSearcher(Searcher):
                 return point
         return next((p for p in finite_points(space, space_size(space)) if config_key(p) not in tried), None)
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def adopt(self, trial_id: str, config: dict) -> str | None:
+        """A trial this searcher never suggested: a failed trial Tune restarted under a new id
+        (`--resume --retry-failed`), seen at its first result. Its cell's study gets a new Optuna
+        trial with the same values, so the study keeps the FAIL and records the retry's outcome
+        beside it; the cell's count of distinct configs is unchanged. A retry that fails before its
+        first result carries no config and is not recorded again. Returns its cell, or None if it
+        is no retry of this searcher's."""
+        cell = config.get(CELL)
+        if cell not in self.searchers:
+            return None
+        params = {k: v for k, v in config.items() if k != CELL}
+        study = self.study(cell)
+        earlier = next((t for t in reversed(study.trials) if t.params == params), None)
+        if earlier is None:  # not a config this study suggested: nothing to record it against
+            return None
+        # created directly, not queued: `ask` would hand out the oldest queued point (an enumerated
+        # space's, an untried one), not this trial's values
+        frozen = optuna.trial.create_trial(params=params, distributions=earlier.distributions,
+                                           state=optuna.trial.TrialState.RUNNING)
+        ot_trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=frozen))
+        self.searchers[cell]._ot_trials[trial_id] = ot_trial
+        key = config_key(params)
+        self.live[trial_id], self.keys[trial_id] = cell, key
+        self.running[cell][key] = trial_id
+        return cell
+
+    def _cell_of(self, trial_id: str, result: dict | None) -> str | None:
         cell = self.live.get(trial_id)
+        config = trial_config(result)
+        if cell is None and trial_id not in self.ended and config:
+            cell = self.adopt(trial_id, config)
+        return cell
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        cell = self._cell_of(trial_id, result)
         if cell is not None:
             self.searchers[cell].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._cell_of(trial_id, result)
         cell = self.live.pop(trial_id, None)
         if cell is None:
             return
+        self.ended.add(trial_id)
         self.searchers[cell].on_trial_complete(trial_id, result=result, error=error)
         ended = outcome(result, error)
         key = self.keys.pop(trial_id, None)
@@ -247,6 +291,7 @@ class CellSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.__dict__.setdefault("ended", set())  # a state saved before retries existed
         # trials that were running when the state was saved are re-run by Tune under the same
         # ids and report again; their cells still count them as started
 

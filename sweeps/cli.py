@@ -29,6 +29,9 @@ def run(
                                              help="when no node fits a trial, wait up to this long for one to join "
                                                   "or the autoscaler to launch one (default: fail at once; 30 s with "
                                                   "an autoscaler)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: run each failed trial again from "
+                                                                    "the start (search's only until replicate has "
+                                                                    "started)"),
 ):
     """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow.
 
@@ -38,6 +41,8 @@ def run(
 
     if resume and restart:
         raise typer.BadParameter("--resume and --restart exclude each other")
+    if retry_failed and not resume:
+        raise typer.BadParameter("--retry-failed goes with --resume (it retries the failed trials of a sweep that ran)")
     try:
         parsed = load_spec(spec)
     except SpecError as err:
@@ -49,7 +54,7 @@ def run(
         with started(parsed, tracking_uri, resume, restart, storage_path, console.print) as start:  # refused in seconds, before Ray
             from sweeps.runner import run_started
 
-            run_started(start, address, num_cpus, wait_for_resources)
+            run_started(start, address, num_cpus, wait_for_resources, retry_failed)
     except PhaseFailed as err:
         console.print(f"[red]sweep {parsed.name!r}: {escape(str(err))}[/red]")
         raise typer.Exit(3) from err

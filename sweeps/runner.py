@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import asdict
 
 import ray
@@ -30,6 +31,7 @@ from gloss_core.report import SCORE
 from serving.registry import delete_registered, quiet_mlflow
 from sweeps import console, preflight
 from sweeps.cells import CellASHA, CellSearcher, SchedulerState
+from sweeps.failures import error_reason, error_text
 from sweeps.history import STORAGE, STORAGE_ID, SpecChange, kept_uri, recorded_spec
 from sweeps.mlflow_runs import close_running_runs, delete_sweep_runs, experiment_id, parent_run, reconcile_trial_runs
 from sweeps.outcomes import (ReplicateOutcome, SearchOutcome, SensitivityOutcome, best_trials, closing_reports,
@@ -71,12 +73,15 @@ class SweepRunner:
         self.exp_id = experiment_id(self.client, spec.name, self.uri)
         self.recorder = PhaseRecorder(self.client, self.exp_id, spec)
         self.cells = {cell.name: cell for cell in spec.cells()}
-        self.threads = max(1, int(spec.resources.cpu))
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
         self.phase = "search"  # the phase running (or about to)
+        self.retry_failed = False  # --resume --retry-failed: restart the failed trials of the phases that may
 
-    def run(self, resume: bool = False, restart: bool = False, accepted: list[SpecChange] | None = None) -> dict:
-        """Every phase in turn. `accepted`: the spec changes a resume accepted (`history.check_resumed_spec`)."""
+    def run(self, resume: bool = False, restart: bool = False, accepted: list[SpecChange] | None = None,
+            retry_failed: bool = False) -> dict:
+        """Every phase in turn. `accepted`: the spec changes a resume accepted (`history.check_resumed_spec`);
+        `retry_failed`: restart each phase's failed trials (`_may_retry` says which phases may)."""
+        self.retry_failed = resume and retry_failed
         check_folder(self.storage, resume, restart)
         if restart:
             self.discard_previous()
@@ -132,19 +137,25 @@ class SweepRunner:
                 f"{str(marker.get('spec_sha256', '?'))[:12]})" if marker else " (a sweep folder from before markers)")
             console.restarted(folder, runs, len(models), self.spec.name)
 
+    def _threads(self, cells: dict[str, Cell] | None = None) -> dict[str, int]:
+        """Per cell, torch threads per trial: the whole CPUs its resources give a trial (at least 1)."""
+        return {name: max(1, int(cell.resources.cpu)) for name, cell in (cells or self.cells).items()}
+
     def _best_weights_dir(self, phase: str) -> str:
         """Beside the phase's Tune folder, not in it (Tune reads every folder there as a trial)."""
         return self.storage.uri_of("best_weights", phase)
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
-             total: int, finished, cells: dict[str, Cell] | None = None, callbacks: tuple = ()) -> tune.ResultGrid:
+             total: int, finished, cells: dict[str, Cell] | None = None, callbacks: tuple = (),
+             pending: int | None = None) -> tune.ResultGrid:
         """Run (or restore and finish) one phase's Tuner, its trials logged to MLflow as they go.
         Tune returns normally on SIGINT, and marks the trials it stopped TERMINATED: the phase is
         complete only if every expected trial exists and `finished(results)` says they all ended.
         `cells`: the phase's cells by name (default: the grid's); a sensitivity point's runs go
         under its grid cell's parent run. `callbacks`: the phase's own, after the trial logger and
-        the progress line (a restored Tuner keeps those it started with)."""
+        the progress line (a restored Tuner keeps those it started with). `pending`: trials Tune
+        keeps pending at once (`sweeps.pending`; None: Tune's own)."""
         phase = self.phase = plan.phase
         cells = self.cells if cells is None else cells
         bases = {cell.extra_tags.get("base_cell", name) for name, cell in cells.items()}
@@ -153,13 +164,21 @@ class SweepRunner:
         parents = {name: base_parents[cell.extra_tags.get("base_cell", name)] for name, cell in cells.items()}
         logger = MLflowTrialLogger(self.uri, self.exp_id, parents, cells, plan,
                                    unlogged=self.storage.file(f"mlflow_unlogged_{phase}.json"))
-        progress = ProgressPrinter(phase, self.spec.metric, total, console.console.width)
+        progress = ProgressPrinter(phase, self.spec.metric, total)
         resources = CellResources(cells)  # issue 20: each trial holds its cell's resources
         trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
+        retried: list[dict] = []
         if resume and self.storage.exists(phase) and _can_restore(self.storage, phase):
+            retry = self.retry_failed and self._may_retry(phase)
             with restored_into(self.uri):  # its trial logger records where this resume does
                 tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
-                                           resume_errored=False)
+                                           resume_errored=False, restart_errored=retry)
+            if self.retry_failed:
+                retried = self._failed_before(phase, retry)
+            if retried:  # recorded before they run: an interrupted retry keeps what failed on record
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                self.client.log_dict(summary_run(self.client, self.exp_id, self.spec), retried,
+                                     f"retried/{phase}-{stamp}.json")
         else:
             self.storage.remove(phase)
             run_config = tune.RunConfig(
@@ -168,20 +187,43 @@ class SweepRunner:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             )
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-        with pending_trials(tune_config.max_concurrent_trials):  # issue 20: a large cluster fills at once
+        with pending_trials(pending):  # a large cluster fills at once
             results = tuner.fit()
         if len(results) < total or not finished(results):
             raise SweepInterrupted(phase)
         superseded = reconcile_trial_runs(self.client, self.exp_id, self.spec.name, phase, trial_ids(results),
                                           set(base_parents.values()))
+        if retried:  # their runs gave way to the retries' runs (what failed is in the summary run)
+            superseded -= min(superseded, len(retried))
         console.superseded(phase, superseded)
         return results
+
+    def _may_retry(self, phase: str) -> bool:
+        """A phase's failed trials may be retried while no later phase has used its results: the
+        search's until the replicate phase has started from each cell's best (a retry could change
+        that choice); the replicate's and sensitivity's always."""
+        return phase != "search" or not (self.storage.exists("replicate") or self.storage.exists("sensitivity"))
+
+    def _failed_before(self, phase: str, retry: bool) -> list[dict]:
+        """The phase's failed trials as restored (`--retry-failed`), said on the console; returns
+        those being retried (cell, config, error), for the summary run."""
+        failed = [{"cell": t.config.get(CELL), "config": dict(t.config), "trial_id": t.trial_id,
+                   "error": error_reason(error_text(t), limit=300)}
+                  for t in tune.ExperimentAnalysis(self.storage.uri_of(phase)).trials if t.status == "ERROR"]
+        if failed and retry:
+            console.say(f"{phase}: retrying {len(failed)} failed trial(s) from the start (--retry-failed); the "
+                        f"failures are listed in the summary run's retried/{phase}-<time>.json")
+        elif failed:
+            console.say(f"{phase}: {len(failed)} failed trial(s) not retried: the replicate phase has already run "
+                        "from the search's choice of each cell's best, which a retry could change (--restart runs "
+                        "the sweep again)")
+        return failed if retry else []
 
     def search(self, resume: bool) -> SearchOutcome:
         """Every cell's study at once. Optuna, ASHA and the choice of each cell's best trial all
         rank trials by their score (`gloss_core.report`): the spec's metric at the best epoch."""
         spec = self.spec
-        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self.threads,
+        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self._threads(),
                          best_weights_dir=self._best_weights_dir("search"))
         searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in self.cells.items()},
                                 spec.search.num_samples, spec.search.max_concurrent, SCORE, spec.mode, spec.search.seed)
@@ -189,7 +231,9 @@ class SweepRunner:
         total = searcher.total_trials()  # num_samples distinct configs per cell; a smaller finite space enumerated
         tune_config = tune.TuneConfig(
             metric=SCORE, mode=spec.mode, search_alg=searcher, scheduler=scheduler, num_samples=total,
-            max_concurrent_trials=spec.search.max_concurrent * len(self.cells),
+            # no Tune-wide limit: CellSearcher keeps each cell to max_concurrent itself, and Tune's
+            # ConcurrencyLimiter would hide from it the trials it did not suggest (a retried one)
+            max_concurrent_trials=None,
             reuse_actors=True,  # a trial's process (torch, transformers imported) serves the next one
         )
 
@@ -198,7 +242,8 @@ class SweepRunner:
                 searcher.restore_from_dir(folder)  # the studies as Tune saved them at the end
             return not any(states["RUNNING"] for states in searcher.trial_states().values())
 
-        results = self._fit(plan, {}, tune_config, resume, total, finished, callbacks=(SchedulerState(scheduler),))
+        results = self._fit(plan, {}, tune_config, resume, total, finished, callbacks=(SchedulerState(scheduler),),
+                            pending=spec.search.max_concurrent * len(self.cells))
         outcome = SearchOutcome(best_trials(results, plan, spec.mode), searcher.trial_states(), searcher.repeats())
         console.repeats(outcome.repeats, spec.search.num_samples)
         return outcome
@@ -209,7 +254,7 @@ class SweepRunner:
         test metrics; each trains on its grid seed's training seed for that replicate seed
         (`trainables.plan.training_seed`). Returns name -> the closing report of each seed that finished."""
         grid_seeds = {name: (cells or self.cells)[name].seed for name in constants}
-        plan = PhasePlan(phase, constants, self.threads, report_test=True, artifacts=artifacts, export=export,
+        plan = PhasePlan(phase, constants, self._threads(cells), report_test=True, artifacts=artifacts, export=export,
                          best_weights_dir=self._best_weights_dir(phase), grid_seeds=grid_seeds)
         param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(seeds)}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=None, reuse_actors=True)
@@ -273,20 +318,21 @@ class SweepRunner:
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None,
-              wait_for_resources: float = 0.0) -> dict:
+              wait_for_resources: float = 0.0, retry_failed: bool = False) -> dict:
     """Check what can be checked first and take the sweep's lock (`sweeps.startup.started`), then
     `run_started`. A resume records to the tracking URI the sweep started with unless
     `tracking_uri` (or the spec's) moves it."""
     with started(spec, tracking_uri, resume, restart, storage_path, console.say) as start:
-        return run_started(start, ray_address, num_cpus, wait_for_resources)
+        return run_started(start, ray_address, num_cpus, wait_for_resources, retry_failed)
 
 
 def run_started(start: Start, ray_address: str | None = None, num_cpus: int | None = None,
-                wait_for_resources: float = 0.0) -> dict:
+                wait_for_resources: float = 0.0, retry_failed: bool = False) -> dict:
     """Start (or join) Ray, check that each cell's trial fits a node, run every phase, shut Ray
     down if this call started it. SIGTERM (`ray job stop`'s default) saves the state as SIGINT does."""
     quiet_mlflow()  # and transformers' progress bars
     with ray_session(ray_address, num_cpus), sigterm_as_sigint():
         for need in distinct_needs(start.spec.cells()):  # each cell's trial must fit some node
             preflight.check_resources(need.cpu, need.gpu, ray.nodes(), wait_s=wait_for_resources, say=console.say)
-        return SweepRunner(start.spec, start.uri, start.location).run(start.resume, start.restart, start.accepted)
+        return SweepRunner(start.spec, start.uri, start.location).run(start.resume, start.restart, start.accepted,
+                                                                      retry_failed)

@@ -97,3 +97,15 @@ def test_preflight_checks_every_cells_need_not_just_the_spec_wide_one(tmp_path):
             check_resources(need.cpu, need.gpu, nodes)
     for need in needs:  # a GPU node holds both
         check_resources(need.cpu, need.gpu, [{"Alive": True, "Resources": {"CPU": 8, "GPU": 1}}])
+
+
+def test_each_cells_trials_get_the_torch_threads_of_its_own_cpu_share(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeps.runner import SweepRunner
+
+    spec = load(tmp_path, resources={"cpu": 0.5},
+                models={"large": {"model": "minilm", "resources": {"cpu": 3.5}}, "small": {"model": "minilm"}})
+    cells = {cell.name: cell for cell in spec.cells()}
+    threads = SweepRunner._threads(SimpleNamespace(cells=cells))
+    assert {cells[name].model: n for name, n in threads.items()} == {"large": 3, "small": 1}  # whole CPUs, at least 1

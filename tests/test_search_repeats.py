@@ -123,3 +123,41 @@ def test_a_cell_without_a_space_trains_its_one_config_once():
     trained = drive(searcher, concurrent=2)
     assert trained == {"c": ["{}"]} and searcher.total_trials() == 1
     assert searcher.repeats()["c"]["enumerated_points"] == 1
+
+
+def test_a_failed_trial_restarted_under_a_new_id_is_a_new_study_trial_with_the_same_values():
+    """`--resume --retry-failed`: Tune restarts a failed trial under a new id that the searcher
+    never suggested, its config in Tune's flattened result. The cell's study keeps the FAIL and
+    records the retry's outcome as a trial of its own, with the same values."""
+    spaces = spaces_of({"losses": {"scl_ce": TABLE2["losses"]["scl_ce"]}})
+    searcher = CellSearcher(spaces, num_samples=2, max_concurrent=2, metric=SCORE, mode="max", seed=0)
+    failing = searcher.suggest("t1")
+    searcher.on_trial_complete("t1", None, error=True)
+    study = searcher.study("scl_ce")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    flat = {f"config/{key}": value for key, value in failing.items()} | final(failing) | {"training_iteration": 3}
+    searcher.on_trial_result("t1-retry", flat)
+    searcher.on_trial_complete("t1-retry", flat)
+    states = [(t.state.name, t.params) for t in study.trials]
+    params = {k: v for k, v in failing.items() if k != CELL}
+    assert states == [("FAIL", params), ("COMPLETE", params)]
+    assert study.trials[1].value == pytest.approx(value_of(failing))
+    assert searcher.repeats()["scl_ce"]["trained"] == 1  # the retry is no new config
+    searcher.on_trial_complete("t1-retry", flat)  # heard once
+    searcher.on_trial_result("t1", flat)  # an id that ended is never adopted again
+    assert len(study.trials) == 2
+
+
+def test_a_retry_in_an_enumerated_space_keeps_its_values_and_the_queue():
+    """The enumerated points wait in the study's queue; the retry's trial is not taken from it."""
+    searcher = CellSearcher(spaces_of({"losses": {"ce": TABLE2["losses"]["ce"]}}), num_samples=5, max_concurrent=5,
+                            metric=SCORE, mode="max", seed=0)
+    failing = searcher.suggest("t1")
+    searcher.on_trial_complete("t1", None, error=True)
+    flat = {f"config/{key}": value for key, value in failing.items()} | final(failing) | {"training_iteration": 3}
+    searcher.on_trial_complete("t1-retry", flat)
+    study = searcher.study("ce")
+    done = [(t.state.name, t.params["lr"]) for t in study.trials if t.state.name != "WAITING"]
+    assert done == [("FAIL", failing["lr"]), ("COMPLETE", failing["lr"])]
+    rest = [searcher.suggest(f"n{i}") for i in range(4)]
+    assert sorted(c["lr"] for c in rest) == sorted(set(TABLE2["losses"]["ce"]["space"]["lr"]["choice"]) - {failing["lr"]})

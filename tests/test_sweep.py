@@ -1,5 +1,6 @@
 """The sweep service with a real local Ray cluster, real Optuna and a real MLflow SQLite store."""
 
+import io
 import os
 import re
 import signal
@@ -369,8 +370,15 @@ def test_the_readme_shows_the_shipped_cluster_spec():
         (REPO / "sweeps" / "specs" / "cluster_mr.yaml").read_text())
 
 
-def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_path):
+def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_path, monkeypatch):
+    """On a terminal: each phase's live line, and a console line only for each failed trial."""
+    from rich.console import Console
+
+    from sweeps import console
     from sweeps.runner import run_sweep
+
+    shown = io.StringIO()
+    monkeypatch.setattr(console, "console", Console(file=shown, force_terminal=True, width=200))
 
     spec = load_spec(write_spec(
         tmp_path, tiny_model, "failures",
@@ -392,6 +400,72 @@ def test_failing_trials_are_recorded_and_never_stop_the_sweep(tiny_model, tmp_pa
     assert parent.info.status == "FAILED" and "no trial" in parent.data.tags["error"]
     rows = {row["cell"]: row for row in summary["cells"]}
     assert rows["synth__tiny__ce__s0"]["n"] == 1 and rows["synth__tiny__diverge__s0"]["n"] == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.getvalue())
+    assert text.count(": FAILED (") == 2 and "NonFiniteEmbeddingsError" in text, text
+    assert "completed after" not in text, text
+    lines = text.replace("\r", "\n").splitlines()
+    assert [line for line in lines if line.startswith("search: ")][-1].startswith(
+        "search: 2/4 done · 0 running · 0 pending · 2 failed")
+    assert [line for line in lines if line.startswith("replicate: ")][-1].startswith(
+        "replicate: 1/1 done · 0 running · 0 pending · 0 failed")
+
+
+def test_retry_failed_runs_the_failed_trials_again_and_the_study_keeps_both(tiny_model, tmp_path):
+    """A model folder missing its weights fails its cell's trials; with the weights back,
+    `--resume --retry-failed` trains them under new ids. Their failed runs give way to the
+    retries' runs (the failures listed in the summary run), and the cell's study keeps each FAIL
+    beside its retry's outcome, with the same values."""
+    import json
+    import shutil
+
+    from sweeps.runner import run_sweep
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = next(broken.glob("model.safetensors"))
+    kept = weights.read_bytes()
+    weights.unlink()
+    spec = load_spec(write_spec(
+        tmp_path, tiny_model, "retry", models={"tiny": {"model": tiny_model}, "broken": {"model": str(broken)}},
+        losses={"ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-4, 1e-3]}}}},
+        search={"num_samples": 2, "max_concurrent": 2}, asha={"max_t": 1, "grace_period": 1}, replicate=None))
+    first = run_sweep(spec, num_cpus=2)
+    assert first["optuna"]["synth__broken__ce__s0"]["FAIL"] == 2
+    client, exp, runs = trial_runs(spec.tracking_uri, "retry", "search")
+    failed = {r.data.tags["trial_id"]: r.data.params["lr"] for r in runs if r.data.tags["ended"] == "failed"}
+    assert len(failed) == 2 and len(runs) == 4
+    weights.write_bytes(kept)
+
+    again = run_sweep(spec, resume=True, retry_failed=True, num_cpus=2)
+    assert again["optuna"]["synth__broken__ce__s0"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 2, "RUNNING": 0}
+    assert again["optuna"]["synth__tiny__ce__s0"] == first["optuna"]["synth__tiny__ce__s0"]  # untouched
+    client, exp, runs = trial_runs(spec.tracking_uri, "retry", "search")
+    broken_runs = [r for r in runs if r.data.tags["cell"] == "synth__broken__ce__s0"]
+    assert len(runs) == 4 and all(r.data.tags["ended"] == "completed" for r in runs)
+    assert not set(failed) & {r.data.tags["trial_id"] for r in broken_runs}  # new ids
+    assert sorted(r.data.params["lr"] for r in broken_runs) == sorted(failed.values())  # the same configs
+    summary = client.search_runs([exp.experiment_id], "tags.kind = 'summary'")[0]
+    [record] = client.list_artifacts(summary.info.run_id, "retried")
+    assert re.fullmatch(r"retried/search-\d{8}T\d{6}Z\.json", record.path), record.path
+    listed = json.loads(Path(client.download_artifacts(summary.info.run_id, record.path, str(tmp_path))).read_text())
+    assert sorted(entry["trial_id"] for entry in listed) == sorted(failed)
+    assert all(entry["cell"] == "synth__broken__ce__s0" and "model.safetensors" in entry["error"]
+               for entry in listed), listed
+    assert again["best"]["synth__broken__ce__s0"]["config"]["lr"] in {float(v) for v in failed.values()}
+
+
+def test_a_search_used_by_replicate_is_not_retried(tmp_path):
+    from types import SimpleNamespace
+
+    from sweeps.runner import SweepRunner
+    from sweeps.storage import SweepStorage
+
+    storage = SweepStorage(str(tmp_path), "s")
+    runner = SimpleNamespace(storage=storage)
+    (tmp_path / "s" / "search").mkdir(parents=True)
+    assert SweepRunner._may_retry(runner, "search") and SweepRunner._may_retry(runner, "replicate")
+    (tmp_path / "s" / "replicate").mkdir()
+    assert not SweepRunner._may_retry(runner, "search") and SweepRunner._may_retry(runner, "replicate")
 
 
 def test_a_small_finite_space_is_enumerated_and_no_config_trains_twice(tiny_model, tmp_path):

@@ -36,7 +36,8 @@ class PhasePlan:
     Args:
         phase: "search" or "replicate".
         cells: cell name -> the training options that phase holds fixed for the cell.
-        threads: torch threads per trial (the trial's CPU share).
+        threads: cell name -> torch threads per trial (the whole CPUs of its cell's `resources.cpu`,
+            at least 1; a cell not named gets 1).
         report_test: close the trial with one report of its test metrics (replicate).
         artifacts: that closing report's checkpoint holds the test embeddings and adjacency.
         export: that closing report's checkpoint holds the best epoch's model (`model/`).
@@ -48,7 +49,7 @@ class PhasePlan:
 
     phase: str
     cells: dict[str, dict] = field(default_factory=dict)
-    threads: int = 1
+    threads: dict[str, int] = field(default_factory=dict)
     report_test: bool = False
     artifacts: bool = False
     export: bool = False

@@ -36,7 +36,7 @@ from gloss_core.train import train
 from gloss_core.training.checkpoint import BestWeights
 from gloss_core.training.gpu import release_gpu_memory
 from trainables.devices import trial_device
-from trainables.plan import PhasePlan
+from trainables.plan import CELL, PhasePlan
 from trainables.report import closing_result, epoch_result
 
 
@@ -97,7 +97,7 @@ def gloss_trainable(config: dict, plan: PhasePlan) -> None:
 
 
 def _trial(config: dict, plan: PhasePlan) -> None:
-    torch.set_num_threads(plan.threads)
+    torch.set_num_threads(plan.threads.get(config.get(CELL, ""), 1))  # the trial's CPU share
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None and not checkpoint.filesystem.get_file_info(checkpoint.path).type:
         checkpoint = None  # deleted as its trial finished, then the driver died before saving that

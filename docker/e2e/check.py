@@ -6,7 +6,7 @@ found; a passing one prints one line.
         every trial of each phase is one run (distinct trial ids), FINISHED and `completed`; nothing
         in the experiment is still RUNNING; the trials ran on at least K nodes (their `node` tag);
         each of the sweep's registered models has exactly one version and, with --predict, answers
-        `gloss predict models:/NAME/latest` with one prediction per input row.
+        `gloss predict models:/NAME@best` with one prediction per input row.
     check.py completed URI NAME
         prints the trial ids of the completed search trials, one a line (before a resume).
 """
@@ -71,15 +71,15 @@ def check_predict(uri: str, model: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         source, out = Path(folder) / "in.csv", Path(folder) / "out.csv"
         source.write_text("text\n" + "\n".join(texts) + "\n")
-        done = subprocess.run([str(GLOSS), "predict", f"models:/{model}/latest", str(source), "--output", str(out),
+        done = subprocess.run([str(GLOSS), "predict", f"models:/{model}@best", str(source), "--output", str(out),
                                "--tracking-uri", uri], capture_output=True, text=True, timeout=300)
         if done.returncode != 0 or not out.is_file():
-            raise CheckFailed(f"gloss predict models:/{model}/latest failed ({done.returncode}): "
+            raise CheckFailed(f"gloss predict models:/{model}@best failed ({done.returncode}): "
                               f"{(done.stdout + done.stderr)[-1500:]}")
         with out.open() as f:
             rows = list(csv.DictReader(f))
         if len(rows) != len(texts) or not all(row.get("prediction") for row in rows):
-            raise CheckFailed(f"gloss predict models:/{model}/latest wrote {len(rows)} rows for {len(texts)} "
+            raise CheckFailed(f"gloss predict models:/{model}@best wrote {len(rows)} rows for {len(texts)} "
                               f"texts, or rows without a prediction: {rows}")
 
 
