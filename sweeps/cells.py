@@ -237,6 +237,7 @@ class CellSearcher(Searcher):
         key = config_key(params)
         self.live[trial_id], self.keys[trial_id] = cell, key
         self.running[cell][key] = trial_id
+        self.outcomes[cell].pop(key, None)  # a repeat of it now waits for the retry's outcome, not the FAIL
         return cell
 
     def _cell_of(self, trial_id: str, result: dict | None) -> str | None:

@@ -1,11 +1,11 @@
 """How many trials Tune keeps pending (asking Ray for their resources) at once.
 
 Tune reads `TUNE_MAX_PENDING_TRIALS_PG` when a `TuneController` starts (`Tuner.fit`). Unset, a
-custom searcher such as `CellSearcher` gets 1 unless Tune derives it from `max_concurrent_trials`
-(Ray 2.60 does, through the `ConcurrencyLimiter` it wraps the searcher in; not every version in
-range does), so a large cluster would fill one trial at a time (and an autoscaler would see one
-pending trial). The search sets it to its concurrency for the length of its fit; a phase without
-a concurrency limit (the replicate grids) keeps Tune's own, and a value the user exported wins.
+custom searcher such as `CellSearcher` gets 1 (the search sets no `max_concurrent_trials`, from
+which Ray 2.60 would derive it: `CellSearcher` bounds each cell itself), so a large cluster would
+fill one trial at a time (and an autoscaler would see one pending trial). The search sets it to
+its concurrency (cells x `max_concurrent`) for the length of its fit; a phase without a
+concurrency limit (the replicate grids) keeps Tune's own, and a value the user exported wins.
 """
 
 from __future__ import annotations

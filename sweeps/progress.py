@@ -113,11 +113,11 @@ class ProgressPrinter(Callback):
             self._line(trial, "completed" if read_result(trial.last_result).last else "stopped early (ASHA)")
         else:
             self.done += 1
-        self._redraw(trials, force=True)
+        self._drawn = 0.0  # Tune marks the trial ended after its callbacks: the next step redraws
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._line(trial, f"FAILED ({error_reason(error_text(trial))})")
-        self._redraw(trials, force=True)
+        self._drawn = 0.0
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._live is not None:

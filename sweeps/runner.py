@@ -63,6 +63,16 @@ def _can_restore(storage: SweepStorage, phase: str) -> bool:
     return tune.Tuner.can_restore(storage.uri_of(phase)) and bool(storage.folders(phase))
 
 
+def _without_tune_limit(tuner: tune.Tuner) -> None:
+    """A search started by an earlier version set `max_concurrent_trials`, so its restored Tuner
+    would wrap the searcher in Tune's ConcurrencyLimiter, which drops the end of every trial the
+    searcher did not suggest (a retried one) and the phase would never finish. Tune has no public
+    setter; `CellSearcher` bounds each cell itself."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if config is not None and config.max_concurrent_trials:
+        config.max_concurrent_trials = None
+
+
 class SweepRunner:
     def __init__(self, spec: SweepSpec, tracking_uri: str | None = None, storage_path: str | None = None):
         self.spec = spec
@@ -173,6 +183,8 @@ class SweepRunner:
             with restored_into(self.uri):  # its trial logger records where this resume does
                 tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
                                            resume_errored=False, restart_errored=retry)
+            if retry and phase == "search":
+                _without_tune_limit(tuner)
             if self.retry_failed:
                 retried = self._failed_before(phase, retry)
             if retried:  # recorded before they run: an interrupted retry keeps what failed on record

@@ -161,3 +161,15 @@ def test_a_retry_in_an_enumerated_space_keeps_its_values_and_the_queue():
     assert done == [("FAIL", failing["lr"]), ("COMPLETE", failing["lr"])]
     rest = [searcher.suggest(f"n{i}") for i in range(4)]
     assert sorted(c["lr"] for c in rest) == sorted(set(TABLE2["losses"]["ce"]["space"]["lr"]["choice"]) - {failing["lr"]})
+
+
+def test_each_cell_runs_at_most_max_concurrent_trials_at_once():
+    """The search sets no Tune-wide limit: the searcher alone bounds each cell."""
+    losses = {"ce": {"loss": "ce", "space": {"lr": {"loguniform": [1e-5, 1e-3]}}},
+              "ce2": {"loss": "ce", "space": {"lr": {"loguniform": [1e-5, 1e-3]}}}}
+    searcher = CellSearcher(spaces_of({"losses": losses}), num_samples=5, max_concurrent=2, metric=SCORE,
+                            mode="max", seed=0)
+    started = [searcher.suggest(f"t{i}") for i in range(5)]
+    assert [c[CELL] for c in started[:4]].count("ce") == 2 and started[4] is None  # 2 per cell, then wait
+    searcher.on_trial_complete("t0", final(started[0]))
+    assert searcher.suggest("t5")[CELL] == started[0][CELL]  # a slot freed in that cell
