@@ -242,9 +242,9 @@ class CellSearcher(Searcher):
 
     def _cell_of(self, trial_id: str, result: dict | None) -> str | None:
         cell = self.live.get(trial_id)
-        config = trial_config(result)
-        if cell is None and trial_id not in self.ended and config:
-            cell = self.adopt(trial_id, config)
+        if cell is None and trial_id not in self.ended:  # only then read the config: every result passes here
+            config = trial_config(result)
+            cell = self.adopt(trial_id, config) if config else None
         return cell
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
