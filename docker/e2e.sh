@@ -72,7 +72,8 @@ lost=$(comm -23 "$WORK/completed-before" "$WORK/completed-after")
 stack_down
 if [ "${GLOSS_E2E_CUDA:-1}" != 0 ]; then
     build_image localhost/gloss:cuda-torch torch "${GLOSS_E2E_CUDA_TORCH_SPEC:-torch}"
-    cuda=$(podman run --rm localhost/gloss:cuda-torch python -c 'import torch; print(torch.version.cuda or "")')
+    # -W: the torch stage holds no NumPy yet (the image stage adds it), which torch warns about on import
+    cuda=$(podman run --rm localhost/gloss:cuda-torch python -W ignore::UserWarning -c 'import torch; print(torch.version.cuda or "")')
     [ -n "$cuda" ] || { echo "e2e: the CUDA build's torch has no CUDA" >&2; exit 1; }
     step "CUDA variant's torch stage built: torch for CUDA $cuda (not run: no GPU here)"
 fi

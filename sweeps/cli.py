@@ -32,6 +32,10 @@ def run(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="with --resume: run each failed trial again from "
                                                                     "the start (search's only until replicate has "
                                                                     "started)"),
+    cells: Optional[str] = typer.Option(None, "--cells", metavar="PATTERN",
+                                        help="run only the cells whose names match (shell patterns, comma-separated, "
+                                             "e.g. 'R8__*,MR__bert__*'); the others are left as they are for a later "
+                                             "--resume"),
 ):
     """Validate SPEC, then search, replicate and summarise; every trial goes to MLflow.
 
@@ -51,7 +55,7 @@ def run(
     from sweeps.startup import PhaseFailed, SweepInterrupted, started
 
     try:
-        with started(parsed, tracking_uri, resume, restart, storage_path, console.print) as start:  # refused in seconds, before Ray
+        with started(parsed, tracking_uri, resume, restart, storage_path, console.print, cells) as start:  # refused in seconds, before Ray
             from sweeps.runner import run_started
 
             run_started(start, address, num_cpus, wait_for_resources, retry_failed)
@@ -60,8 +64,12 @@ def run(
         raise typer.Exit(3) from err
     except SweepInterrupted as err:
         console.print(f"[yellow]sweep {parsed.name!r} interrupted during the {err} phase; its state is saved. "
-                      f"Continue with: gloss sweep run {spec} --resume[/yellow]")
+                      f"Continue with: gloss sweep run {spec} --resume{_cells_flag(cells)}[/yellow]")
         raise typer.Exit(130) from err
+
+
+def _cells_flag(cells: str | None) -> str:
+    return "" if cells is None else f" --cells '{escape(cells)}'"
 
 
 @app.command("status")
@@ -98,6 +106,8 @@ def plan(
                                             help="seconds one epoch of MODEL (a name under `models`) takes; give "
                                                  "one per model for GPU-hours and wall time"),
     gpus: int = typer.Option(1, "--gpus", help="GPUs of the cluster, for the wall time"),
+    cells: Optional[str] = typer.Option(None, "--cells", metavar="PATTERN",
+                                        help="only the cells a `gloss sweep run --cells PATTERN` would run"),
 ):
     """Before anything starts (no Ray): the cells, the trials of each phase, the most epochs of a
     trial and, with --epoch-seconds, GPU-hours and wall time (upper bounds)."""
@@ -106,7 +116,7 @@ def plan(
 
     try:
         parsed = load_spec(spec)
-        counted = plan_sweep(parsed)
+        counted = plan_sweep(parsed, cells)
         seconds = parse_epoch_seconds(epoch_seconds, parsed)
         costs = {c.phase: c for c in estimate(counted, seconds, gpus)} if seconds else {}
     except (SpecError, CostingError) as err:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gloss_core.provenance import redact
 from gloss_core.spread import mean_std
+from sweeps.cell_groups import GroupPlan
 from sweeps.outcomes import ReplicateOutcome, SearchOutcome, SensitivityOutcome, by_seed
 from sweeps.sensitivity import describe
 from sweeps.spec import SweepSpec
@@ -21,10 +22,11 @@ def say(line: str) -> None:
     console.print(line, markup=False, highlight=False)
 
 
-def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool) -> None:
-    """What is about to run and where its results go."""
+def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool, of: int | None = None) -> None:
+    """What is about to run and where its results go (`of`: the spec's cells, when `--cells` chose some)."""
     replicate = f", then each cell's best on seeds {spec.replicate.seeds}" if spec.replicate else ""
-    say(f"sweep {spec.name}{' (resumed)' if resume else ''}: {cells} cells, up to {spec.search.num_samples} distinct "
+    chosen = f"{cells} of {of} cells (--cells)" if of is not None else f"{cells} cells"
+    say(f"sweep {spec.name}{' (resumed)' if resume else ''}: {chosen}, up to {spec.search.num_samples} distinct "
         f"search trials each (ASHA up to {spec.asha.max_t} epochs){replicate}")
     say(f"a trial's score: {spec.metric} at its best epoch ({spec.mode}); the search, ASHA and the choice of each "
         "cell's best rank by it")
@@ -32,6 +34,20 @@ def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool) 
         say(f"then sensitivity of {', '.join(spec.sensitivity.losses)} around its best config: "
             f"{describe(spec.sensitivity.params)} on seeds {spec.sensitivity_seeds()}")
     say(f"MLflow: {redact(uri)} | Tune state: {storage}")
+
+
+def groups(planned: GroupPlan) -> None:
+    """Which cell groups run, which are only read back, and the cells left as they are (`--cells`)."""
+    if len(planned.train) == 1 and not planned.train[0].name and not planned.restore and not planned.left:
+        return  # a sweep that never used --cells: nothing to say
+    for group in planned.train:
+        say(f"runs {group.label()}: {', '.join(group.cells)}")
+    for group in planned.restore:
+        say(f"reads back {group.label()} (finished; nothing trains) for the closing tables")
+    if planned.left:
+        shown = ", ".join(planned.left[:8]) + (f", ... ({len(planned.left)} in all)" if len(planned.left) > 8 else "")
+        say(f"left as they are: {len(planned.left)} cell(s) not selected and not finished ({shown}); a later "
+            "`--resume` (with or without --cells) runs them")
 
 
 def repeats(repeats: dict[str, dict[str, int]], num_samples: int) -> None:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from gloss_core.errors import UserError
+from sweeps.cell_groups import select_cells
 from sweeps.cells import space_size
 from sweeps.sensitivity import PERTURBABLE, points
 from sweeps.spec import Cell, SweepSpec
@@ -95,8 +96,10 @@ def _sensitivity_points(spec: SweepSpec, cell: Cell) -> tuple[int, bool]:
     return sum(len(steps) for param, steps in params.items() if _acts(param, loss, spec.protocol)), False
 
 
-def plan_sweep(spec: SweepSpec) -> SweepPlan:
-    cells = spec.cells()
+def plan_sweep(spec: SweepSpec, pattern: str | None = None) -> SweepPlan:
+    """The trials and epochs of each phase, of the cells `pattern` selects (`--cells`; None: all)."""
+    chosen = set(select_cells([cell.name for cell in spec.cells()], pattern))
+    cells = [cell for cell in spec.cells() if cell.name in chosen]
     search = []
     for cell in cells:
         size = space_size(cell.space)

@@ -19,11 +19,11 @@ import json
 
 from gloss_core.errors import UserError
 from gloss_core.provenance import redact, sqlite_database
+from sweeps.cell_groups import PHASES, started_phases
 from sweeps.spec import SweepSpec
 from sweeps.storage import SweepStorage
 
 STORAGE_ID, STORAGE = "storage_id", "storage"
-PHASES = ("search", "replicate", "sensitivity")
 
 
 class HistoryMismatch(UserError):
@@ -160,7 +160,7 @@ def check_resumed_spec(storage: SweepStorage, spec: SweepSpec, client=None) -> l
         before = recorded_spec(record.spec) if record is not None and record.spec is not None else None
     if before is None:
         return []
-    return check_spec_changes(before, spec, {phase for phase in PHASES if storage.exists(phase)})
+    return check_spec_changes(before, spec, started_phases(storage, [cell.name for cell in spec.cells()]))
 
 
 def check_spec_changes(before: dict, spec: SweepSpec, started: set[str]) -> list[SpecChange]:

@@ -30,10 +30,19 @@ class SearchOutcome:
     optuna: dict[str, dict[str, int]]  # cell -> Optuna trial states and their counts
     repeats: dict[str, dict[str, int]] = field(default_factory=dict)  # cell -> suggestions, trained, skipped repeats
 
+    def merge(self, other: "SearchOutcome") -> None:
+        """Take in another cell group's outcome (`sweeps.cell_groups`; no cell is in two)."""
+        self.best.update(other.best)
+        self.optuna.update(other.optuna)
+        self.repeats.update(other.repeats)
+
 
 @dataclass
 class ReplicateOutcome:
     finals: dict[str, list[TrialResult]]  # cell -> the closing test report of each replicate seed that finished
+
+    def merge(self, other: "ReplicateOutcome") -> None:
+        self.finals.update(other.finals)
 
 
 @dataclass
@@ -42,13 +51,21 @@ class SensitivityOutcome:
     skipped: dict[str, list[str]]  # cell -> why a perturbation was not run (out of range, not numeric, ...)
     finals: dict[str, list[TrialResult]]  # point name -> the closing test report of each seed that finished
 
+    def merge(self, other: "SensitivityOutcome") -> None:
+        self.points.extend(other.points)
+        self.skipped.update(other.skipped)
+        self.finals.update(other.finals)
+
 
 def best_trials(results: tune.ResultGrid, plan: PhasePlan, mode: str) -> dict[str, BestTrial]:
     """Per cell, the trial with the best score (the selection metric at its best epoch, the value
-    Optuna was told); failed trials and trials without a score are left out."""
+    Optuna was told); failed trials and trials without a score are left out. Of trials with the
+    same score the one with the smallest trial id wins (Tune numbers an experiment's trials in
+    order), whatever order a restored `ResultGrid` lists them in, so a resume chooses what the
+    run before it chose."""
     best: dict[str, BestTrial] = {}
-    for result in results:
-        read = read_result(result.metrics)
+    reads = sorted(((result, read_result(result.metrics)) for result in results), key=lambda pair: pair[1].trial_id or "")
+    for result, read in reads:
         if result.error is not None or read.score != read.score:
             continue
         cell = result.config.get(CELL)

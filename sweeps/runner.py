@@ -30,6 +30,7 @@ from gloss_core.provenance import default_tracking_uri
 from gloss_core.report import SCORE
 from serving.registry import delete_registered, quiet_mlflow
 from sweeps import console, preflight
+from sweeps.cell_groups import CellGroup, plan_groups, read_groups, select_cells, write_groups
 from sweeps.cells import CellASHA, CellSearcher, SchedulerState
 from sweeps.failures import error_reason, error_text
 from sweeps.history import STORAGE, STORAGE_ID, SpecChange, kept_uri, recorded_spec
@@ -83,15 +84,18 @@ class SweepRunner:
         self.exp_id = experiment_id(self.client, spec.name, self.uri)
         self.recorder = PhaseRecorder(self.client, self.exp_id, spec)
         self.cells = {cell.name: cell for cell in spec.cells()}
+        self.group = CellGroup("", list(self.cells))  # the cells whose phases run now (`sweeps.cell_groups`)
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
         self.phase = "search"  # the phase running (or about to)
         self.retry_failed = False  # --resume --retry-failed: restart the failed trials of the phases that may
 
     def run(self, resume: bool = False, restart: bool = False, accepted: list[SpecChange] | None = None,
-            retry_failed: bool = False) -> dict:
-        """Every phase in turn. `accepted`: the spec changes a resume accepted (`history.check_resumed_spec`);
-        `retry_failed`: restart each phase's failed trials (`_may_retry` says which phases may)."""
-        self.retry_failed = resume and retry_failed
+            retry_failed: bool = False, cells: str | None = None) -> dict:
+        """Every phase in turn, for each group of cells that runs (`sweeps.cell_groups`). `accepted`:
+        the spec changes a resume accepted (`history.check_resumed_spec`); `retry_failed`: restart each
+        phase's failed trials (`_may_retry` says which phases may); `cells`: the `--cells` pattern
+        (None: every cell)."""
+        selected = select_cells(list(self.cells), cells)
         check_folder(self.storage, resume, restart)
         if restart:
             self.discard_previous()
@@ -102,34 +106,55 @@ class SweepRunner:
             console.say(f"the sweep records to {marker['tracking_uri']} from now on (it started with {started_with})")
         # created first: the spec, git commit, package versions, and which storage folder is this sweep's
         summary = summary_run(self.client, self.exp_id, self.spec, {STORAGE_ID: marker["id"], STORAGE: str(self.storage)})
-        console.announce(self.spec, len(self.cells), self.uri, str(self.storage), resume)
+        groups = read_groups(self.storage, list(self.cells))
+        planned = plan_groups(groups, list(self.cells), selected, cells)
+        write_groups(self.storage, groups)  # before anything trains: a cell stays in the group that started it
+        console.announce(self.spec, len(selected), self.uri, str(self.storage), resume,
+                         of=len(self.cells) if cells is not None else None)
+        console.groups(planned)
         if accepted:
             self.client.log_dict(summary, {"accepted_changes": marker["accepted_changes"]}, "resume_changes.json")
             console.say(f"resumed with {len(accepted)} spec change(s), recorded in the summary run: "
                         + "; ".join(str(change) for change in accepted))
+        search, replicate, sensitivity = SearchOutcome({}, {}), ReplicateOutcome({}), SensitivityOutcome([], {}, {})
         try:
-            search = self.search(resume)
-            self.recorder.search(self.parents["search"], search)
-            if not search.best:
-                raise PhaseFailed(f"every search trial failed or reported no {self.spec.metric}; each run's `error` tag "
-                                  f"says why (gloss sweep status {self.spec.name})")
-            replicate = ReplicateOutcome({})
-            if self.spec.replicate:
-                replicate = self.replicate(search, resume)
-                self.recorder.replicate(self.parents["replicate"], replicate)
-                if not replicate.finals:
-                    raise PhaseFailed("every replicate trial failed; each run's `error` tag says why")
-            sensitivity = SensitivityOutcome([], {}, {})
-            if self.spec.sensitivity:
-                sensitivity = self.sensitivity(search, resume)
-                self.recorder.sensitivity(self.parents.get("sensitivity", {}), sensitivity)
-                if sensitivity.points and not sensitivity.finals:
-                    raise PhaseFailed("every sensitivity trial failed; each run's `error` tag says why")
-            return self.summarise(search, replicate, sensitivity)
+            for group in planned.train + planned.restore:
+                self.group = group
+                self.retry_failed = resume and retry_failed and group in planned.train
+                found = self.run_group(resume)
+                for whole, part in zip((search, replicate, sensitivity), found):
+                    whole.merge(part)
+                if not group.done:
+                    group.done = True
+                    write_groups(self.storage, groups)
+            return self.summarise(search, replicate, sensitivity,
+                                  [name for name in self.cells if name not in planned.left])
         except KeyboardInterrupt:  # a signal between two phases' Tuners: nothing of a phase is half-done
             raise SweepInterrupted(self.phase) from None
         finally:
             close_running_runs(self.client, self.exp_id, self.spec.name)
+
+    def run_group(self, resume: bool) -> tuple[SearchOutcome, ReplicateOutcome, SensitivityOutcome]:
+        """The phases of `self.group`'s cells, each recorded in MLflow as it ends."""
+        self.parents = {}  # a phase this group does not run (no sensitivity point) records nothing
+        search = self.search(resume)
+        self.recorder.search(self.parents["search"], search)
+        if not search.best:
+            raise PhaseFailed(f"every search trial failed or reported no {self.spec.metric}; each run's `error` tag "
+                              f"says why (gloss sweep status {self.spec.name})")
+        replicate = ReplicateOutcome({})
+        if self.spec.replicate:
+            replicate = self.replicate(search, resume)
+            self.recorder.replicate(self.parents["replicate"], replicate)
+            if not replicate.finals:
+                raise PhaseFailed("every replicate trial failed; each run's `error` tag says why")
+        sensitivity = SensitivityOutcome([], {}, {})
+        if self.spec.sensitivity:
+            sensitivity = self.sensitivity(search, resume)
+            self.recorder.sensitivity(self.parents.get("sensitivity", {}), sensitivity)
+            if sensitivity.points and not sensitivity.finals:
+                raise PhaseFailed("every sensitivity trial failed; each run's `error` tag says why")
+        return search, replicate, sensitivity
 
     def discard_previous(self) -> None:
         """Remove the Tune state, delete this sweep's MLflow runs and its registered models, so one
@@ -147,13 +172,18 @@ class SweepRunner:
                 f"{str(marker.get('spec_sha256', '?'))[:12]})" if marker else " (a sweep folder from before markers)")
             console.restarted(folder, runs, len(models), self.spec.name)
 
+    @property
+    def group_cells(self) -> dict[str, Cell]:
+        """The cells of the group whose phases run now, by name."""
+        return {name: self.cells[name] for name in self.group.cells}
+
     def _threads(self, cells: dict[str, Cell] | None = None) -> dict[str, int]:
         """Per cell, torch threads per trial: the whole CPUs its resources give a trial (at least 1)."""
-        return {name: max(1, int(cell.resources.cpu)) for name, cell in (cells or self.cells).items()}
+        return {name: max(1, int(cell.resources.cpu)) for name, cell in (cells or self.group_cells).items()}
 
     def _best_weights_dir(self, phase: str) -> str:
         """Beside the phase's Tune folder, not in it (Tune reads every folder there as a trial)."""
-        return self.storage.uri_of("best_weights", phase)
+        return self.storage.uri_of("best_weights", self.group.folder(phase))
 
     # ---- one Tuner per phase --------------------------------------------------------------------
     def _fit(self, plan: PhasePlan, param_space: dict, tune_config: tune.TuneConfig, resume: bool,
@@ -167,21 +197,23 @@ class SweepRunner:
         the progress line (a restored Tuner keeps those it started with). `pending`: trials Tune
         keeps pending at once (`sweeps.pending`; None: Tune's own)."""
         phase = self.phase = plan.phase
-        cells = self.cells if cells is None else cells
+        folder = self.group.folder(phase)
+        cells = self.group_cells if cells is None else cells
         bases = {cell.extra_tags.get("base_cell", name) for name, cell in cells.items()}
         base_parents = {base: parent_run(self.client, self.exp_id, self.cells[base], phase) for base in sorted(bases)}
         self.parents[phase] = base_parents
         parents = {name: base_parents[cell.extra_tags.get("base_cell", name)] for name, cell in cells.items()}
         logger = MLflowTrialLogger(self.uri, self.exp_id, parents, cells, plan,
-                                   unlogged=self.storage.file(f"mlflow_unlogged_{phase}.json"))
-        progress = ProgressPrinter(phase, self.spec.metric, total)
+                                   unlogged=self.storage.file(f"mlflow_unlogged_{folder}.json"))
+        progress = ProgressPrinter(phase if not self.group.name else f"{phase} ({self.group.name})", self.spec.metric,
+                                   total)
         resources = CellResources(cells)  # issue 20: each trial holds its cell's resources
         trainable = tune.with_resources(tune.with_parameters(gloss_trainable, plan=plan), resources)
         retried: list[dict] = []
-        if resume and self.storage.exists(phase) and _can_restore(self.storage, phase):
+        if resume and self.storage.exists(folder) and _can_restore(self.storage, folder):
             retry = self.retry_failed and self._may_retry(phase)
             with restored_into(self.uri):  # its trial logger records where this resume does
-                tuner = tune.Tuner.restore(self.storage.uri_of(phase), trainable=trainable, resume_unfinished=True,
+                tuner = tune.Tuner.restore(self.storage.uri_of(folder), trainable=trainable, resume_unfinished=True,
                                            resume_errored=False, restart_errored=retry)
             if retry and phase == "search":
                 _without_tune_limit(tuner)
@@ -192,9 +224,9 @@ class SweepRunner:
                 self.client.log_dict(summary_run(self.client, self.exp_id, self.spec), retried,
                                      f"retried/{phase}-{stamp}.json")
         else:
-            self.storage.remove(phase)
+            self.storage.remove(folder)
             run_config = tune.RunConfig(
-                name=phase, storage_path=self.storage.uri, callbacks=[logger, progress, *callbacks], verbose=0,
+                name=folder, storage_path=self.storage.uri, callbacks=[logger, progress, *callbacks], verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             )
@@ -214,14 +246,16 @@ class SweepRunner:
         """A phase's failed trials may be retried while no later phase has used its results: the
         search's until the replicate phase has started from each cell's best (a retry could change
         that choice); the replicate's and sensitivity's always."""
-        return phase != "search" or not (self.storage.exists("replicate") or self.storage.exists("sensitivity"))
+        later = (self.group.folder("replicate"), self.group.folder("sensitivity"))
+        return phase != "search" or not any(self.storage.exists(folder) for folder in later)
 
     def _failed_before(self, phase: str, retry: bool) -> list[dict]:
         """The phase's failed trials as restored (`--retry-failed`), said on the console; returns
         those being retried (cell, config, error), for the summary run."""
         failed = [{"cell": t.config.get(CELL), "config": dict(t.config), "trial_id": t.trial_id,
                    "error": error_reason(error_text(t), limit=300)}
-                  for t in tune.ExperimentAnalysis(self.storage.uri_of(phase)).trials if t.status == "ERROR"]
+                  for t in tune.ExperimentAnalysis(self.storage.uri_of(self.group.folder(phase))).trials
+                  if t.status == "ERROR"]
         if failed and retry:
             console.say(f"{phase}: retrying {len(failed)} failed trial(s) from the start (--retry-failed); the "
                         f"failures are listed in the summary run's retried/{phase}-<time>.json")
@@ -235,9 +269,10 @@ class SweepRunner:
         """Every cell's study at once. Optuna, ASHA and the choice of each cell's best trial all
         rank trials by their score (`gloss_core.report`): the spec's metric at the best epoch."""
         spec = self.spec
-        plan = PhasePlan("search", {name: cell.constants for name, cell in self.cells.items()}, self._threads(),
+        cells = self.group_cells
+        plan = PhasePlan("search", {name: cell.constants for name, cell in cells.items()}, self._threads(),
                          best_weights_dir=self._best_weights_dir("search"))
-        searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in self.cells.items()},
+        searcher = CellSearcher({name: SpaceSampler(cell.space) for name, cell in cells.items()},
                                 spec.search.num_samples, spec.search.max_concurrent, SCORE, spec.mode, spec.search.seed)
         scheduler = CellASHA(SCORE, spec.mode, spec.asha.max_t, spec.asha.grace_period, spec.asha.reduction_factor)
         total = searcher.total_trials()  # num_samples distinct configs per cell; a smaller finite space enumerated
@@ -250,12 +285,12 @@ class SweepRunner:
         )
 
         def finished(results) -> bool:  # Optuna heard how every trial ended; an interrupted one is still RUNNING
-            with self.storage.local_copy("search", "searcher-state-*") as folder:
+            with self.storage.local_copy(self.group.folder("search"), "searcher-state-*") as folder:
                 searcher.restore_from_dir(folder)  # the studies as Tune saved them at the end
             return not any(states["RUNNING"] for states in searcher.trial_states().values())
 
         results = self._fit(plan, {}, tune_config, resume, total, finished, callbacks=(SchedulerState(scheduler),),
-                            pending=spec.search.max_concurrent * len(self.cells))
+                            pending=spec.search.max_concurrent * len(cells))
         outcome = SearchOutcome(best_trials(results, plan, spec.mode), searcher.trial_states(), searcher.repeats())
         console.repeats(outcome.repeats, spec.search.num_samples)
         return outcome
@@ -265,7 +300,7 @@ class SweepRunner:
         """Run each fixed config (name -> training options) on every replicate seed, closing with the
         test metrics; each trains on its grid seed's training seed for that replicate seed
         (`trainables.plan.training_seed`). Returns name -> the closing report of each seed that finished."""
-        grid_seeds = {name: (cells or self.cells)[name].seed for name in constants}
+        grid_seeds = {name: (cells or self.group_cells)[name].seed for name in constants}
         plan = PhasePlan(phase, constants, self._threads(cells), report_test=True, artifacts=artifacts, export=export,
                          best_weights_dir=self._best_weights_dir(phase), grid_seeds=grid_seeds)
         param_space = {CELL: tune.grid_search(list(constants)), "seed": tune.grid_search(seeds)}
@@ -307,15 +342,18 @@ class SweepRunner:
                               cells)
         return SensitivityOutcome(found, skipped, finals)
 
-    def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome, sensitivity: SensitivityOutcome) -> dict:
-        """The closing tables on the console and in the summary run; returns what they hold."""
+    def summarise(self, search: SearchOutcome, replicate: ReplicateOutcome, sensitivity: SensitivityOutcome,
+                  cells: list[str] | None = None) -> dict:
+        """The closing tables on the console and in the summary run, of `cells` (default: all, in
+        the spec's order; a `--cells` run leaves out the cells it left as they are); returns what they hold."""
         spec = self.spec
-        table, rows = console.results_table(spec, list(self.cells), search, replicate)
+        cells = list(self.cells) if cells is None else cells
+        table, rows = console.results_table(spec, cells, search, replicate)
         sens_table, sens_rows = console.sensitivity_table(replicate, sensitivity)
         tables = [table] + ([sens_table] if sens_table is not None else [])
         for shown in tables:
             console.console.print(shown)
-        registered = [registered_name(spec.name, name) for name in self.cells if replicate.finals.get(name)]
+        registered = [registered_name(spec.name, name) for name in cells if replicate.finals.get(name)]
         if spec.replicate and spec.replicate.export and registered:
             console.say(f"registered models: {', '.join(registered)} (gloss predict models:/NAME@best INPUT.csv)")
         best = {name: asdict(trial) for name, trial in search.best.items()}
@@ -330,11 +368,11 @@ class SweepRunner:
 
 def run_sweep(spec: SweepSpec, *, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
               storage_path: str | None = None, ray_address: str | None = None, num_cpus: int | None = None,
-              wait_for_resources: float = 0.0, retry_failed: bool = False) -> dict:
+              wait_for_resources: float = 0.0, retry_failed: bool = False, cells: str | None = None) -> dict:
     """Check what can be checked first and take the sweep's lock (`sweeps.startup.started`), then
     `run_started`. A resume records to the tracking URI the sweep started with unless
-    `tracking_uri` (or the spec's) moves it."""
-    with started(spec, tracking_uri, resume, restart, storage_path, console.say) as start:
+    `tracking_uri` (or the spec's) moves it. `cells`: run only the cells this `--cells` pattern selects."""
+    with started(spec, tracking_uri, resume, restart, storage_path, console.say, cells) as start:
         return run_started(start, ray_address, num_cpus, wait_for_resources, retry_failed)
 
 
@@ -344,7 +382,8 @@ def run_started(start: Start, ray_address: str | None = None, num_cpus: int | No
     down if this call started it. SIGTERM (`ray job stop`'s default) saves the state as SIGINT does."""
     quiet_mlflow()  # and transformers' progress bars
     with ray_session(ray_address, num_cpus), sigterm_as_sigint():
-        for need in distinct_needs(start.spec.cells()):  # each cell's trial must fit some node
+        chosen = set(select_cells([cell.name for cell in start.spec.cells()], start.cells))
+        for need in distinct_needs([c for c in start.spec.cells() if c.name in chosen]):  # each must fit some node
             preflight.check_resources(need.cpu, need.gpu, ray.nodes(), wait_s=wait_for_resources, say=console.say)
         return SweepRunner(start.spec, start.uri, start.location).run(start.resume, start.restart, start.accepted,
-                                                                      retry_failed)
+                                                                      retry_failed, start.cells)

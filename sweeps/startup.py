@@ -1,6 +1,6 @@
 """What a sweep checks and claims before Ray starts, in a module light enough that a refused
 start answers in seconds: the storage path and the tracking URI (a resume keeps the one it started
-with), the folder, the driver's lock, the store, that folder and store hold one sweep, and an
+with), the `--cells` pattern, the folder, the driver's lock, the store, that folder and store hold one sweep, and an
 edited spec on resume. `sweeps.runner.run_started` then starts Ray and runs the phases."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Callable
 
 from gloss_core.provenance import default_tracking_uri, quiet_mlflow
 from sweeps import preflight
+from sweeps.cell_groups import select_cells
 from sweeps.history import SpecChange, check_history, check_resumed_spec, resumed_uri
 from sweeps.lock import SweepLock
 from sweeps.spec import SweepSpec
@@ -35,13 +36,16 @@ class Start:
     resume: bool
     restart: bool
     accepted: list[SpecChange]  # the spec changes a resume accepted
+    cells: str | None = None  # the `--cells` pattern (None: every cell)
 
 
 @contextlib.contextmanager
 def started(spec: SweepSpec, tracking_uri: str | None = None, resume: bool = False, restart: bool = False,
-            storage_path: str | None = None, say: Callable[[str], None] = print):
+            storage_path: str | None = None, say: Callable[[str], None] = print, cells: str | None = None):
     """Every check that needs no Ray, then the sweep's lock for the `with` block (`say`: where a
-    line goes when the lock of a gone driver is taken over)."""
+    line goes when the lock of a gone driver is taken over; `cells`: the `--cells` pattern, which
+    must select a cell)."""
+    select_cells([cell.name for cell in spec.cells()], cells)
     location = storage_path or spec.storage_path or "ray_results"
     preflight.check_storage(location)
     storage = SweepStorage(location, spec.name)
@@ -59,4 +63,4 @@ def started(spec: SweepSpec, tracking_uri: str | None = None, resume: bool = Fal
         client = MlflowClient(uri)
         check_history(client, storage, uri, resume, restart)
         accepted = check_resumed_spec(storage, spec, client) if resume else []
-        yield Start(spec, uri, location, resume, restart, accepted)
+        yield Start(spec, uri, location, resume, restart, accepted, cells)

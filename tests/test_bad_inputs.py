@@ -206,6 +206,8 @@ CASES = {
                                             cwd=t),
     "cli-retry-without-resume": lambda t: cli("sweep", "run", str(REPO / "sweeps/specs/demo.yaml"), "--retry-failed",
                                               cwd=t),
+    "cli-cells-match-nothing": lambda t: cli("sweep", "run", str(REPO / "sweeps/specs/demo.yaml"), "--cells", "R52__*",
+                                             cwd=t),
     "cli-train-bad-loss": lambda t: cli("train", "--loss", "focal"),
     "cli-status-unknown-sweep": lambda t: cli("sweep", "status", "nope", "--tracking-uri", f"sqlite:///{t / 'm.db'}"),
     "cli-analyze-unknown-experiment": lambda t: cli("analyze", "report", "-e", "nope", "--out", str(t / "r"),

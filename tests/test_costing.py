@@ -47,6 +47,14 @@ def test_table2_counts_and_estimate():
     assert wide["search"].wall_hours == pytest.approx(5 * 200 * 180 / 3600)
 
 
+def test_a_cell_pattern_counts_only_its_cells():
+    spec = load_spec(REPO / "sweeps/specs/table2.yaml")
+    plan = plan_sweep(spec, "R8__bert-base__*")  # what `gloss sweep run --cells` would run
+    assert [row.cell.name for row in plan.phases["search"]] == [
+        f"R8__bert-base__{loss}__s0" for loss in ("ce", "scl_ce", "gloss_o_ce", "gloss_sqrt_ce")]
+    assert plan.trials("search") == 65 and plan.trials("replicate") == 4 * 5 and plan.trials("sensitivity") == 6 * 5
+
+
 def test_epoch_seconds_are_checked():
     spec = load_spec(REPO / "sweeps/specs/table2.yaml")
     with pytest.raises(CostingError, match=r"'gpt2' is not a model of this spec"):

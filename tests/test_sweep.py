@@ -457,15 +457,20 @@ def test_retry_failed_runs_the_failed_trials_again_and_the_study_keeps_both(tiny
 def test_a_search_used_by_replicate_is_not_retried(tmp_path):
     from types import SimpleNamespace
 
+    from sweeps.cell_groups import CellGroup
     from sweeps.runner import SweepRunner
     from sweeps.storage import SweepStorage
 
     storage = SweepStorage(str(tmp_path), "s")
-    runner = SimpleNamespace(storage=storage)
+    runner = SimpleNamespace(storage=storage, group=CellGroup("", ["a"]))
     (tmp_path / "s" / "search").mkdir(parents=True)
     assert SweepRunner._may_retry(runner, "search") and SweepRunner._may_retry(runner, "replicate")
     (tmp_path / "s" / "replicate").mkdir()
     assert not SweepRunner._may_retry(runner, "search") and SweepRunner._may_retry(runner, "replicate")
+    grouped = SimpleNamespace(storage=storage, group=CellGroup("g2", ["b"]))  # --cells: each group's own phases
+    assert SweepRunner._may_retry(grouped, "search")
+    (tmp_path / "s" / "sensitivity-g2").mkdir()
+    assert not SweepRunner._may_retry(grouped, "search")
 
 
 def test_a_small_finite_space_is_enumerated_and_no_config_trains_twice(tiny_model, tmp_path):

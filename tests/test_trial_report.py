@@ -142,6 +142,11 @@ def test_optuna_the_progress_line_mlflow_and_status_all_see_the_epoch_2_value(tm
     [(name, best)] = best_trials(grid, PhasePlan("search", {"c": {"loss": "ce"}}), "max").items()
     assert name == "c" and (best.value, best.trial_id) == (0.7, "t1")  # a failed trial is never chosen
     assert config[CELL] == "c"
+    # a tie goes to the smallest trial id, in whatever order a (restored) ResultGrid lists the trials
+    tied = [SimpleNamespace(metrics={**results[-1], "trial_id": tid}, error=None, config=config)
+            for tid in ("a_00002", "a_00001", "a_00003")]
+    for order in (tied, tied[::-1]):
+        assert best_trials(order, PhasePlan("search", {"c": {"loss": "ce"}}), "max")["c"].trial_id == "a_00001"
 
 
 def test_a_silhouette_score_may_be_undefined(tiny_model_dir):
