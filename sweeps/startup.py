@@ -11,7 +11,7 @@ from typing import Callable
 
 from gloss_core.provenance import default_tracking_uri, quiet_mlflow
 from sweeps import preflight
-from sweeps.cell_groups import select_cells
+from sweeps.cell_groups import read_groups, select_cells
 from sweeps.history import SpecChange, check_history, check_resumed_spec, resumed_uri
 from sweeps.lock import SweepLock
 from sweeps.spec import SweepSpec
@@ -53,6 +53,8 @@ def started(spec: SweepSpec, tracking_uri: str | None = None, resume: bool = Fal
     uri = resumed_uri(storage, given, default_tracking_uri()) if resume else given or default_tracking_uri()
     preflight.check_tracking_uri(uri)
     check_folder(storage, resume, restart)
+    if resume:
+        read_groups(storage, [cell.name for cell in spec.cells()])  # a ledger that cannot be read stops here
     quiet_mlflow()  # MLflow's INFO lines (a new SQLite store's migrations) stay off the console
     from mlflow.tracking import MlflowClient
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from sweeps.cell_groups import LEDGER
 from sweeps.history import STORAGE, STORAGE_ID, recorded_spec
 from sweeps.lock import STALE_AFTER_S, _process_start
 from sweeps.record import summary_run
@@ -106,6 +107,13 @@ def cases(cli, sweep_cli, sweep_spec, spec_error, good: dict) -> dict:
         assert (folder / "search").is_dir()
         return message
 
+    def cut_short_ledger(t: Path) -> str:
+        _, folder = earlier_sweep(t, sweep_spec)
+        (folder / LEDGER).write_text('{"groups": [{"name": "g1", "cel')
+        message = sweep_cli(t, "--resume", "--cells", "*")
+        assert (folder / "search").is_dir() and (folder / LEDGER).read_text().endswith('"cel')  # nothing rewritten
+        return message
+
     def store_of(t: Path, content: bytes) -> str:
         (t / "store.db").write_bytes(content)
         return sweep_cli(t, "--tracking-uri", f"sqlite:///{t / 'store.db'}")
@@ -155,6 +163,7 @@ def cases(cli, sweep_cli, sweep_spec, spec_error, good: dict) -> dict:
         "resume-more-grid-seeds": lambda t: resumed_with(t, {}, {"seeds": [0, 1]}),
         # partial writes
         "marker-cut-short": cut_short_marker,
+        "cell-ledger-cut-short": cut_short_ledger,
         "tracking-db-cut-short": cut_short_store,
         # resource exhaustion
         "spec-too-many-search-trials": lambda t: too_many(t, search={"num_samples": 60_000}),
