@@ -56,7 +56,8 @@ class CellGroup:
         return phase if not self.name else f"{phase}-{self.name}"
 
     def label(self) -> str:
-        return "all cells" if not self.name else f"cell group {self.name} ({len(self.cells)} cells)"
+        count = f"{len(self.cells)} cell{'' if len(self.cells) == 1 else 's'}"
+        return "all cells" if not self.name else f"cell group {self.name} ({count})"
 
 
 @dataclass

@@ -36,12 +36,17 @@ def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool, 
     say(f"MLflow: {redact(uri)} | Tune state: {storage}")
 
 
-def groups(planned: GroupPlan) -> None:
-    """Which cell groups run, which are only read back, and the cells left as they are (`--cells`)."""
+def groups(planned: GroupPlan, retry: bool = False) -> None:
+    """Which cell groups run, which are only read back, and the cells left as they are (`--cells`;
+    `retry`: --retry-failed, which may train a finished group's failed trials again)."""
     if len(planned.train) == 1 and not planned.train[0].name and not planned.restore and not planned.left:
         return  # a sweep that never used --cells: nothing to say
     for group in planned.train:
-        say(f"runs {group.label()}: {', '.join(group.cells)}")
+        if not group.done:
+            say(f"runs {group.label()}: {', '.join(group.cells)}")
+        else:
+            say(f"reads back {group.label()} (finished; " + ("its failed trials are retried)" if retry else
+                                                             "nothing trains) for the closing tables"))
     for group in planned.restore:
         say(f"reads back {group.label()} (finished; nothing trains) for the closing tables")
     if planned.left:

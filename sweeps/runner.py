@@ -111,7 +111,7 @@ class SweepRunner:
         write_groups(self.storage, groups)  # before anything trains: a cell stays in the group that started it
         console.announce(self.spec, len(selected), self.uri, str(self.storage), resume,
                          of=len(self.cells) if cells is not None else None)
-        console.groups(planned)
+        console.groups(planned, resume and retry_failed)
         if accepted:
             self.client.log_dict(summary, {"accepted_changes": marker["accepted_changes"]}, "resume_changes.json")
             console.say(f"resumed with {len(accepted)} spec change(s), recorded in the summary run: "

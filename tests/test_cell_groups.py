@@ -86,7 +86,7 @@ def test_an_unreadable_ledger_is_named_and_nothing_is_guessed(tmp_path):
         read_groups(storage, CELLS)
 
 
-def test_a_sweep_run_on_some_cells_then_resumed_trains_each_cell_once(tiny_model_dir, tmp_path):
+def test_a_sweep_run_on_some_cells_then_resumed_trains_each_cell_once(tiny_model_dir, tmp_path, capsys):
     """`--cells` on a fresh sweep trains only the cells it selects (their phases in their own Tune
     experiments) and leaves no trace of the others; a `--resume` without it trains the rest and
     only reads back the first cells (same trial runs, same trial ids), and tables both."""
@@ -112,6 +112,9 @@ def test_a_sweep_run_on_some_cells_then_resumed_trains_each_cell_once(tiny_model
         return found
 
     first = run_sweep(spec, num_cpus=2, cells="*__tiny__*")
+    said = capsys.readouterr().out
+    assert "sweep subset: 1 of 2 cells (--cells)" in said and f"runs cell group g1 (1 cell): {tiny}" in said
+    assert f"left as they are: 1 cell(s) not selected and not finished ({other})" in said
     assert [row["cell"] for row in first["cells"]] == [tiny] and set(first["best"]) == {tiny}
     after_first = trial_ids()
     assert set(after_first) == {(tiny, "search"), (tiny, "replicate")}, after_first  # nothing of the other cell
@@ -122,6 +125,9 @@ def test_a_sweep_run_on_some_cells_then_resumed_trains_each_cell_once(tiny_model
         {"name": "g1", "cells": [tiny], "done": True, "pattern": "*__tiny__*"}]
 
     second = run_sweep(spec, num_cpus=2, resume=True)
+    said = capsys.readouterr().out
+    assert f"runs cell group g2 (1 cell): {other}" in said and "reads back cell group g1 (1 cell)" in said
+    assert "left as they are" not in said
     assert [row["cell"] for row in second["cells"]] == [cell.name for cell in spec.cells()]  # the spec's order
     assert {row["cell"] for row in second["cells"]} == {tiny, other}
     assert second["best"][tiny] == first["best"][tiny] and len(second["replicate"][other]) == 1
