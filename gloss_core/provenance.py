@@ -65,4 +65,7 @@ def quiet_mlflow() -> None:
     commands print their own progress); warnings and errors still show."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow sets its loggers' level when it is first imported (INFO unless this says otherwise),
+    # so a store created after an import here would still print its migrations
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -85,3 +85,20 @@ def test_a_password_in_the_spec_never_reaches_the_store(tmp_path):
     stored = json.dumps(run.data.tags) + json.dumps(run.data.params)
     stored += Path(client.download_artifacts(run_id, "spec.json", str(tmp_path))).read_text()
     assert "TOPSECRET" not in stored and "gloss:***@127.0.0.1" in stored
+
+
+def test_a_new_tracking_store_is_created_without_console_noise(tmp_path):
+    """The first sweep on a new SQLite store (a fresh clone's main job) prints none of MLflow's
+    INFO lines about creating its tables: `quiet_mlflow` holds even when MLflow is imported after it."""
+    import subprocess
+    import sys
+
+    spec = REPO / "sweeps" / "specs" / "demo.yaml"
+    code = ("from sweeps.spec import load_spec\nfrom sweeps.startup import started\n"
+            f"spec = load_spec({str(spec)!r})\n"
+            f"with started(spec, 'sqlite:///{tmp_path / 'new.db'}', storage_path={str(tmp_path / 'rr')!r}) as start:\n"
+            "    print('cleared', start.uri)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "new.db").is_file() and "cleared sqlite:///" in done.stdout
+    assert done.stderr == "" and done.stdout.count("\n") == 1, done.stdout + done.stderr
