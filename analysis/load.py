@@ -12,7 +12,7 @@ Usage:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from mlflow.entities import ViewType
@@ -35,6 +35,7 @@ class Runs:
     sweeps: dict[str, SweepRecord]
     problems: list[str]
     tracking_uri: str = ""
+    artifact_uris: dict[str, str] = field(default_factory=dict)  # run id -> its artifact root (as MLflow gave it)
 
     def final(self, metric: str, phase: str | None = "replicate", completed_only: bool = True) -> pd.DataFrame:
         """One row per run with the run's final value of `metric` as `value` (runs without it dropped)."""
@@ -80,6 +81,34 @@ def _number(text: str | None):
     return {"True": True, "False": False, "None": None}.get(text, text)
 
 
+BULK_RUNS = 500  # run ids per bulk history query (SQLite allows 999 bound variables in older builds)
+
+
+def _histories(client: MlflowClient, wanted: dict[str, list[str]]) -> dict[tuple[str, str], list]:
+    """(run id, metric key) -> its logged points, in the order `get_metric_history` gives them
+    (timestamp, step, value), for each run id -> the keys wanted of it.
+
+    A SQL store (SQLite, PostgreSQL: MLflow's `SqlAlchemyStore`) is read with one query per metric
+    key and `BULK_RUNS` runs (`get_metric_history_bulk`): a paper-scale sweep's 180 replicate runs
+    with about 10 per-epoch metrics each were 1,800 `get_metric_history` calls, each a session, a
+    run check and a query (issue 20). Other stores (an `mlflow server`'s REST API has no bulk
+    read) are read run by run, key by key."""
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    bulk = getattr(store, "get_metric_history_bulk", None)
+    if bulk is None:
+        return {(run_id, key): client.get_metric_history(run_id, key) for run_id, keys in wanted.items() for key in keys}
+    by_key: dict[str, list[str]] = {}
+    for run_id, keys in wanted.items():
+        for key in keys:
+            by_key.setdefault(key, []).append(run_id)
+    out: dict[tuple[str, str], list] = {(run_id, key): [] for run_id, keys in wanted.items() for key in keys}
+    for key, run_ids in by_key.items():
+        for start in range(0, len(run_ids), BULK_RUNS):
+            for point in bulk(run_ids[start:start + BULK_RUNS], key, max_results=None):  # None: no limit
+                out[(point.run_id, key)].append(point)  # a Metric, with its run_id
+    return out
+
+
 def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[str, ...] | None = ("replicate",)) -> Runs:
     """Read every trial run of the named sweeps (MLflow experiments).
 
@@ -94,14 +123,18 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
     """
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     client = MlflowClient(tracking_uri)
-    rows, tidy, sweeps = [], [], {}
+    rows, tidy, sweeps, artifact_uris = [], [], {}, {}
     for name in names:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             known = sorted(e.name for e in client.search_experiments())
             raise LookupError(f"no experiment {name!r} at {redact(tracking_uri)}; experiments there: {known}")
         sweeps[name] = read_record(client, exp.experiment_id, name)
-        for run in _paged(client, [exp.experiment_id], "tags.kind = 'trial'"):
+        found = list(_paged(client, [exp.experiment_id], "tags.kind = 'trial'"))
+        wanted = {run.info.run_id: [key for key in run.data.metrics if key.startswith(HISTORY_PREFIXES)]
+                  for run in found if history is not None and run.data.tags.get("phase") in history}
+        histories = _histories(client, wanted)
+        for run in found:
             tags, params = run.data.tags, run.data.params
             seed = _number(tags.get("seed") or params.get("seed"))
             protocol = tags.get("protocol") or params.get("protocol", "integrated")  # runs from before the tag
@@ -114,20 +147,19 @@ def load_runs(experiments: list[str] | str, tracking_uri: str, history: tuple[st
             row.update({f"tags.{k}": v for k, v in tags.items() if not k.startswith("mlflow.")})
             row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
             rows.append(row)
+            artifact_uris[run.info.run_id] = run.info.artifact_uri
             for key, value in run.data.metrics.items():
                 tidy.append({**ids, "metric": key, "value": value, "epoch": math.nan})
-            if history is not None and ids["phase"] in history:
+            if run.info.run_id in wanted:
                 last = run.data.metrics.get(EPOCHS_RUN)
-                for key in run.data.metrics:
-                    if not key.startswith(HISTORY_PREFIXES):
-                        continue
-                    for point in client.get_metric_history(run.info.run_id, key):
+                for key in wanted[run.info.run_id]:
+                    for point in histories[(run.info.run_id, key)]:
                         if last is None or point.step <= last:
                             tidy.append({**ids, "metric": key, "value": point.value, "epoch": point.step})
     runs = pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
     tidy_frame = pd.DataFrame(tidy, columns=ID_COLUMNS + ["metric", "value", "epoch"])
     problems = check_runs(runs) + [record.problem for record in sweeps.values() if record.problem]
-    return Runs(runs, tidy_frame, sweeps, problems, tracking_uri)
+    return Runs(runs, tidy_frame, sweeps, problems, tracking_uri, artifact_uris)
 
 
 def check_runs(runs: pd.DataFrame) -> list[str]:

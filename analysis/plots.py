@@ -32,9 +32,14 @@ def save(fig, folder: Path, name: str, meta: dict[str, str] | None = None) -> li
     meta = meta or {}
     title, provenance = meta.get("title", name), meta.get("provenance", "")
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=130, bbox_inches="tight",
+    # the tight crop is measured once, for both files: `bbox_inches="tight"` lays the figure out
+    # once more per file just to measure it (issue 20: the report of a paper-scale grid draws 20
+    # figures, many of 15 panels); the PDF's crop then follows the PNG's text metrics (< 1 pt apart)
+    fig.draw_without_rendering()
+    crop = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+    fig.savefig(paths[0], dpi=130, bbox_inches=crop,
                 metadata={"Title": title, "Description": provenance, "Software": "gloss analyze"})
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Title": title, "Subject": provenance, "Creator": "gloss analyze"})
+    fig.savefig(paths[1], bbox_inches=crop, metadata={"Title": title, "Subject": provenance, "Creator": "gloss analyze"})
     plt.close(fig)
     return paths
 

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -118,7 +119,7 @@ def _artifact_figures(runs: Runs, gloss: str | None, folder: Path, meta: str) ->
             for method, rows in part.groupby("method", sort=False):
                 for _, run in rows.iterrows():
                     run_id = run["run_id"]
-                    names = {Path(a.path).name for a in client.list_artifacts(run_id, "artifacts")}
+                    names = {Path(a.path).name for a in _listed(runs, client, run_id)}
                     if not {"test_embeddings.npy", "test_labels.npy"} <= names:
                         continue
                     local = Path(client.download_artifacts(run_id, "artifacts", scratch + f"/{run_id}"))
@@ -143,6 +144,16 @@ def _artifact_figures(runs: Runs, gloss: str | None, folder: Path, meta: str) ->
                     f"One batch's affinity over epochs ({method}, {block}, seed {seed}; rows by label)",
                     folder, f"adjacency_{slug(block)}", _meta(caption, meta))))
     return out
+
+
+def _listed(runs: Runs, client: MlflowClient, run_id: str) -> list:
+    """The files under a run's `artifacts/`. Listed at the run's artifact URI, as the loader read
+    it: `client.list_artifacts` looks the run up in the store first, once per run, and a
+    paper-scale sweep's report lists 180 replicate runs (issue 20)."""
+    root = runs.artifact_uris.get(run_id)
+    if not root:
+        return client.list_artifacts(run_id, "artifacts")
+    return mlflow.artifacts.list_artifacts(artifact_uri=f"{root.rstrip('/')}/artifacts", tracking_uri=runs.tracking_uri)
 
 
 def _seed_text(seeds: dict[str, int]) -> str:

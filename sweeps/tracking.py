@@ -24,6 +24,7 @@ from ray.tune.logger import LoggerCallback
 from sweeps.cleanup import TrialCleanup
 from sweeps.failures import error_text
 from sweeps.node_load import NodeLoad
+from sweeps.ray_session import settle_heap
 from sweeps.resilience import MetricWrite, WriteQueue
 from sweeps.spec import Cell
 from sweeps.transfer import CheckpointTransfer
@@ -101,6 +102,12 @@ class MLflowTrialLogger(LoggerCallback):
         self.trial_runs.restore(state)
         self.curves.update(state.get("curves", {}))
         self.restored = True
+
+    def setup(self, **info) -> None:
+        """The phase starts: what earlier phases left (their trials, results and studies) is
+        long-lived now, kept out of the full collections that would walk it while the phase's
+        results wait (`sweeps.ray_session.settle_heap`)."""
+        settle_heap()
 
     # ---- Tune's hooks: they only queue writes ---------------------------------------------------------
     def log_trial_start(self, trial) -> None:
