@@ -5,8 +5,8 @@ The grid has table2.yaml's shape on tiny random encoders: 5 synthetic datasets x
 BERT, RoBERTa and DistilBERT) x table2's 4 losses = 60 cells; 24 search trials per cell (ASHA up to
 2 epochs), except the spaces of fewer points, enumerated: CE's 5 and SupCon+CE's 20 (720 + 75 +
 300); each cell's best on 3 replicate seeds (180); and G-Loss-O+CE's best perturbed one parameter
-at a time (up to 6 points: one outside its range is skipped, so 252 to 270) on those seeds:
-1,527 to 1,545 trials. A trial trains on 16 texts of 8 tokens, so its
+at a time (up to 6 points; a perturbation outside its range is skipped) on those seeds (at most
+270; 252 when measured): 1,275 trials before sensitivity, 1,527 as measured. A trial trains on 16 texts of 8 tokens, so its
 training takes well under 0.2 s and what is measured is the service, not the model.
 
 `gloss sweep run` runs as its own process (the driver), as a user runs it, its console piped.
