@@ -68,6 +68,11 @@ class GroupPlan:
     restore: list[CellGroup] = field(default_factory=list)  # finished and not selected: read for the tables
     left: list[str] = field(default_factory=list)  # cells this run leaves as they are
 
+    def training(self) -> list[str]:
+        """The cells of the groups that may train (more than `--cells` selects when a group holds
+        others: a Tune experiment resumes whole)."""
+        return [cell for group in self.train for cell in group.cells]
+
 
 def select_cells(cells: list[str], pattern: str | None) -> list[str]:
     """The cells `pattern` selects, in the spec's order: comma-separated shell patterns (`*`, `?`,
@@ -80,9 +85,10 @@ def select_cells(cells: list[str], pattern: str | None) -> list[str]:
     chosen = [cell for cell in cells if any(fnmatch.fnmatchcase(cell, glob) for glob in globs)]
     if not chosen:
         shown = ", ".join(cells[:6]) + (f", ... ({len(cells)} in all)" if len(cells) > 6 else "")
+        example = cells[0].split("__")[0] + "__*"
+        braces = " (`{a,b}` is not a shell pattern here; give a__*,b__*)" if "{" in pattern else ""
         raise NoCellMatches(f"--cells {pattern!r} matches none of the sweep's cells ({shown}); a cell is named "
-                            "dataset__model__loss__s<seed>, for example --cells '{}'".format(
-                                cells[0].split("__")[0] + "__*"))
+                            f"dataset__model__loss__s<seed>, for example --cells '{example}'{braces}")
     return chosen
 
 
@@ -106,6 +112,8 @@ def read_groups(storage: SweepStorage, cells: list[str]) -> list[CellGroup]:
 
 
 def write_groups(storage: SweepStorage, groups: list[CellGroup]) -> None:
+    """The ledger, with the cells the spec has now (`read_groups` drops others; a spec that loses a
+    cell is refused on resume once a search has started, `sweeps.history`)."""
     rows = [{"name": g.name, "cells": g.cells, "done": g.done, "pattern": g.pattern} for g in groups]
     storage.file(LEDGER).write_text(json.dumps({"groups": rows}, indent=2))
 
@@ -132,6 +140,13 @@ def plan_groups(groups: list[CellGroup], cells: list[str], selected: list[str], 
     restore = [group for group in groups if group not in train and group.done and group.cells]
     covered = {cell for group in train + restore for cell in group.cells}
     return GroupPlan(train, restore, [cell for cell in cells if cell not in covered])
+
+
+def planned_cells(storage: SweepStorage, cells: list[str], pattern: str | None) -> list[str]:
+    """The cells a run with `pattern` may train, from the folder's ledger as it is (nothing written):
+    what the resources check before Ray must cover."""
+    groups = read_groups(storage, cells)
+    return plan_groups(groups, cells, select_cells(cells, pattern), pattern).training()
 
 
 def started_phases(storage: SweepStorage, cells: list[str]) -> set[str]:

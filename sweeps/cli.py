@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -69,7 +70,7 @@ def run(
 
 
 def _cells_flag(cells: str | None) -> str:
-    return "" if cells is None else f" --cells '{escape(cells)}'"
+    return "" if cells is None else f" --cells {escape(shlex.quote(cells))}"
 
 
 @app.command("status")
@@ -107,7 +108,8 @@ def plan(
                                                  "one per model for GPU-hours and wall time"),
     gpus: int = typer.Option(1, "--gpus", help="GPUs of the cluster, for the wall time"),
     cells: Optional[str] = typer.Option(None, "--cells", metavar="PATTERN",
-                                        help="only the cells a `gloss sweep run --cells PATTERN` would run"),
+                                        help="only the cells PATTERN selects (a resume of a sweep also continues the rest of each "
+                                             "cell group holding one)"),
 ):
     """Before anything starts (no Ray): the cells, the trials of each phase, the most epochs of a
     trial and, with --epoch-seconds, GPU-hours and wall time (upper bounds)."""

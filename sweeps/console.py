@@ -36,16 +36,21 @@ def announce(spec: SweepSpec, cells: int, uri: str, storage: str, resume: bool, 
     say(f"MLflow: {redact(uri)} | Tune state: {storage}")
 
 
-def groups(planned: GroupPlan, retry: bool = False) -> None:
+def groups(planned: GroupPlan, retry: bool = False, selected: int | None = None) -> None:
     """Which cell groups run, which are only read back, and the cells left as they are (`--cells`;
-    `retry`: --retry-failed, which may train a finished group's failed trials again)."""
-    if len(planned.train) == 1 and not planned.train[0].name and not planned.restore and not planned.left:
+    `retry`: --retry-failed, which may train a finished group's failed trials again; `selected`:
+    the cells `--cells` chose, None without it)."""
+    whole = len(planned.train) == 1 and not planned.train[0].name and not planned.restore and not planned.left
+    if whole and selected is None:
         return  # a sweep that never used --cells: nothing to say
+    if selected is not None and selected < len(planned.training()):
+        say(f"--cells selects {selected} cell(s); {len(planned.training())} run, since a cell group resumes whole "
+            "(each phase of it is one Tune experiment)")
     for group in planned.train:
         if not group.done:
             say(f"runs {group.label()}: {', '.join(group.cells)}")
         else:
-            say(f"reads back {group.label()} (finished; " + ("its failed trials are retried)" if retry else
+            say(f"reads back {group.label()} (finished; " + ("its failed trials, if any, are retried)" if retry else
                                                              "nothing trains) for the closing tables"))
     for group in planned.restore:
         say(f"reads back {group.label()} (finished; nothing trains) for the closing tables")

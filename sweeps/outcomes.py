@@ -60,11 +60,12 @@ class SensitivityOutcome:
 def best_trials(results: tune.ResultGrid, plan: PhasePlan, mode: str) -> dict[str, BestTrial]:
     """Per cell, the trial with the best score (the selection metric at its best epoch, the value
     Optuna was told); failed trials and trials without a score are left out. Of trials with the
-    same score the one with the smallest trial id wins (Tune numbers an experiment's trials in
-    order), whatever order a restored `ResultGrid` lists them in, so a resume chooses what the
-    run before it chose."""
+    same score the one with the smallest trial id wins: a fixed order (a restore keeps the ids;
+    not the earliest trial, since a searcher's ids are random), whatever order a restored
+    `ResultGrid` lists them in, so a resume chooses what the run before it chose."""
     best: dict[str, BestTrial] = {}
-    reads = sorted(((result, read_result(result.metrics)) for result in results), key=lambda pair: pair[1].trial_id or "")
+    reads = sorted(((result, read_result(result.metrics)) for result in results),
+                   key=lambda pair: pair[1].trial_id or "")
     for result, read in reads:
         if result.error is not None or read.score != read.score:
             continue

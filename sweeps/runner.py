@@ -30,7 +30,7 @@ from gloss_core.provenance import default_tracking_uri
 from gloss_core.report import SCORE
 from serving.registry import delete_registered, quiet_mlflow
 from sweeps import console, preflight
-from sweeps.cell_groups import CellGroup, plan_groups, read_groups, select_cells, write_groups
+from sweeps.cell_groups import CellGroup, plan_groups, planned_cells, read_groups, select_cells, write_groups
 from sweeps.cells import CellASHA, CellSearcher, SchedulerState
 from sweeps.failures import error_reason, error_text
 from sweeps.history import STORAGE, STORAGE_ID, SpecChange, kept_uri, recorded_spec
@@ -56,6 +56,11 @@ from trainables.trainable import gloss_trainable
 
 def spec_hash(spec: SweepSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class NotRestorable(RuntimeError):
+    """A finished group read back for the tables has a phase Tune cannot restore (one added to the
+    spec after the group finished): it is left as it is, not trained."""
 
 
 def _can_restore(storage: SweepStorage, phase: str) -> bool:
@@ -88,6 +93,7 @@ class SweepRunner:
         self.parents: dict[str, dict[str, str]] = {}  # phase -> cell -> its parent run
         self.phase = "search"  # the phase running (or about to)
         self.retry_failed = False  # --resume --retry-failed: restart the failed trials of the phases that may
+        self.reading_back = False  # the group runs only to be read back: a phase that cannot be restored is not started
 
     def run(self, resume: bool = False, restart: bool = False, accepted: list[SpecChange] | None = None,
             retry_failed: bool = False, cells: str | None = None) -> dict:
@@ -109,26 +115,41 @@ class SweepRunner:
         groups = read_groups(self.storage, list(self.cells))
         planned = plan_groups(groups, list(self.cells), selected, cells)
         write_groups(self.storage, groups)  # before anything trains: a cell stays in the group that started it
-        console.announce(self.spec, len(selected), self.uri, str(self.storage), resume,
+        console.announce(self.spec, len(planned.training()), self.uri, str(self.storage), resume,
                          of=len(self.cells) if cells is not None else None)
-        console.groups(planned, resume and retry_failed)
+        console.groups(planned, resume and retry_failed, selected=len(selected) if cells is not None else None)
         if accepted:
             self.client.log_dict(summary, {"accepted_changes": marker["accepted_changes"]}, "resume_changes.json")
             console.say(f"resumed with {len(accepted)} spec change(s), recorded in the summary run: "
                         + "; ".join(str(change) for change in accepted))
         search, replicate, sensitivity = SearchOutcome({}, {}), ReplicateOutcome({}), SensitivityOutcome([], {}, {})
+        failed: list[str] = []  # a group whose phase failed whole does not stop the other groups
+        shown: set[str] = set()
         try:
             for group in planned.train + planned.restore:
                 self.group = group
                 self.retry_failed = resume and retry_failed and group in planned.train
-                found = self.run_group(resume)
+                self.reading_back = group in planned.restore
+                try:
+                    found = self.run_group(resume)
+                except PhaseFailed as err:
+                    if len(planned.train) + len(planned.restore) == 1:
+                        raise
+                    failed.append(f"{group.label()}: {err}")
+                    continue
+                except NotRestorable as err:
+                    console.say(f"{group.label()}: {err}; not in the tables (select it with --cells to run it)")
+                    continue
                 for whole, part in zip((search, replicate, sensitivity), found):
                     whole.merge(part)
+                shown.update(group.cells)
                 if not group.done:
                     group.done = True
                     write_groups(self.storage, groups)
-            return self.summarise(search, replicate, sensitivity,
-                                  [name for name in self.cells if name not in planned.left])
+            summary = self.summarise(search, replicate, sensitivity, [name for name in self.cells if name in shown])
+            if failed:
+                raise PhaseFailed("; ".join(failed) + " (the other groups ran; --resume --retry-failed retries)")
+            return summary
         except KeyboardInterrupt:  # a signal between two phases' Tuners: nothing of a phase is half-done
             raise SweepInterrupted(self.phase) from None
         finally:
@@ -222,7 +243,9 @@ class SweepRunner:
             if retried:  # recorded before they run: an interrupted retry keeps what failed on record
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 self.client.log_dict(summary_run(self.client, self.exp_id, self.spec), retried,
-                                     f"retried/{phase}-{stamp}.json")
+                                     f"retried/{folder}-{stamp}.json")
+        elif self.reading_back:
+            raise NotRestorable(f"its {phase} phase has no Tune state to read back")
         else:
             self.storage.remove(folder)
             run_config = tune.RunConfig(
@@ -258,7 +281,7 @@ class SweepRunner:
                   if t.status == "ERROR"]
         if failed and retry:
             console.say(f"{phase}: retrying {len(failed)} failed trial(s) from the start (--retry-failed); the "
-                        f"failures are listed in the summary run's retried/{phase}-<time>.json")
+                        f"failures are listed in the summary run's retried/{self.group.folder(phase)}-<time>.json")
         elif failed:
             console.say(f"{phase}: {len(failed)} failed trial(s) not retried: the replicate phase has already run "
                         "from the search's choice of each cell's best, which a retry could change (--restart runs "
@@ -382,7 +405,9 @@ def run_started(start: Start, ray_address: str | None = None, num_cpus: int | No
     down if this call started it. SIGTERM (`ray job stop`'s default) saves the state as SIGINT does."""
     quiet_mlflow()  # and transformers' progress bars
     with ray_session(ray_address, num_cpus), sigterm_as_sigint():
-        chosen = set(select_cells([cell.name for cell in start.spec.cells()], start.cells))
+        # the cells of every group that may train (a group holding a selected cell trains whole)
+        storage = SweepStorage(start.location, start.spec.name)
+        chosen = set(planned_cells(storage, [cell.name for cell in start.spec.cells()], start.cells))
         for need in distinct_needs([c for c in start.spec.cells() if c.name in chosen]):  # each must fit some node
             preflight.check_resources(need.cpu, need.gpu, ray.nodes(), wait_s=wait_for_resources, say=console.say)
         return SweepRunner(start.spec, start.uri, start.location).run(start.resume, start.restart, start.accepted,

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from gloss_core.errors import UserError
-from sweeps.cell_groups import (LEDGER, CellGroup, NoCellMatches, plan_groups, read_groups, select_cells,
-                                started_phases, write_groups)
+from sweeps.cell_groups import (LEDGER, CellGroup, NoCellMatches, plan_groups, planned_cells, read_groups,
+                                select_cells, started_phases, write_groups)
 from sweeps.storage import SweepStorage
 
 CELLS = ["R8__bert__ce__s0", "R8__bert__gloss__s0", "MR__bert__ce__s0", "MR__roberta__ce__s0"]
@@ -27,6 +27,8 @@ def test_a_pattern_that_selects_nothing_names_itself_and_the_cells():
         select_cells(CELLS, " , ")
     with pytest.raises(NoCellMatches):  # case matters: cell names are keys of the spec
         select_cells(CELLS, "r8__*")
+    with pytest.raises(NoCellMatches, match=r"`\{a,b\}` is not a shell pattern here; give a__\*,b__\*"):
+        select_cells(CELLS, "{R52,MR}__*")  # braces are not fnmatch's, and never a format field
 
 
 def test_a_whole_sweep_is_one_group_with_the_plain_phase_folders():
@@ -60,7 +62,15 @@ def test_subsets_start_groups_and_a_cell_stays_in_the_group_that_started_it():
     assert [g.name for g in last.train] == ["g3"] and [g.name for g in last.restore] == ["g1", "g2"]
     # a pattern touching one cell of a group runs the whole group (a Tune experiment resumes whole)
     fourth = plan_groups(groups, CELLS, select_cells(CELLS, "R8__bert__gloss__s0"), "R8__bert__gloss__s0")
-    assert fourth.train == [g1] and len(groups) == 3
+    assert fourth.train == [g1] and len(groups) == 3 and fourth.training() == CELLS[:2]  # both cells may train
+
+
+def test_the_resources_check_covers_every_cell_a_run_may_train(tmp_path):
+    storage = SweepStorage(str(tmp_path), "s")
+    assert planned_cells(storage, CELLS, "MR__*") == CELLS[2:]  # a fresh sweep: what the pattern selects
+    write_groups(storage, [CellGroup("", CELLS, True)])  # a sweep that ran whole
+    assert planned_cells(storage, CELLS, "MR__bert__*") == CELLS  # its one group resumes whole
+    assert read_groups(storage, CELLS) == [CellGroup("", CELLS, True)]  # nothing written
 
 
 def test_the_ledger_round_trips_and_a_folder_from_before_groups_is_one_group(tmp_path):

@@ -107,5 +107,5 @@ def test_each_cells_trials_get_the_torch_threads_of_its_own_cpu_share(tmp_path):
     spec = load(tmp_path, resources={"cpu": 0.5},
                 models={"large": {"model": "minilm", "resources": {"cpu": 3.5}}, "small": {"model": "minilm"}})
     cells = {cell.name: cell for cell in spec.cells()}
-    threads = SweepRunner._threads(SimpleNamespace(cells=cells))
+    threads = SweepRunner._threads(SimpleNamespace(cells=cells, group_cells=cells))
     assert {cells[name].model: n for name, n in threads.items()} == {"large": 3, "small": 1}  # whole CPUs, at least 1

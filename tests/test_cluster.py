@@ -71,7 +71,9 @@ def test_postgres_mlflow_server_with_8_concurrent_trials(tiny_model_dir, tmp_pat
 
     server = MlflowServer(postgres_db, tmp_path / "artifacts").start()
     try:
-        spec = load_spec(spec_file(tmp_path, tiny_model_dir, "pg-sweep", server.uri))
+        # trials long enough to outlast the start-up of 8 trial processes on 2 cores
+        spec = load_spec(spec_file(tmp_path, tiny_model_dir, "pg-sweep", server.uri,
+                                   datasets={"synth": {"data": "synthetic", "synthetic_size": 384, "synthetic_noise": 0.2}}))
         run_sweep(spec, num_cpus=2)
         client, runs = trial_runs(server.uri, "pg-sweep")
         assert len(runs) == 8 and max_overlap(runs) == 8  # 2 cells x 4, all at once

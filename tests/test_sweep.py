@@ -536,6 +536,10 @@ def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_serv
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc, output = interrupt_when(spec_path, work, "search", 1)
     assert proc.returncode == 130, output[-3000:]
+    _, _, before = trial_runs(uri, name, "search")
+    assert not [r for r in before if r.info.status == "RUNNING"]  # closed as interrupted on the way out
+    done_before = {r.data.tags["trial_id"] for r in before if r.data.tags.get("ended") == "completed"}
+    assert done_before
     listed = s3_server.get_file_info(pyarrow_selector("gloss-sweeps/sweeps/on-s3"))
     assert {info.base_name for info in listed} >= {"search"}  # the sweep's state is on S3
 
@@ -545,6 +549,7 @@ def test_a_sweep_on_s3_survives_sigint_and_resumes(tiny_model, tmp_path, s3_serv
     client, exp, runs = trial_runs(uri, name, "search")
     ids = [r.data.tags["trial_id"] for r in runs]
     assert len(ids) == len(set(ids)) == 2 * 3
+    assert done_before <= set(ids)  # what completed before the interrupt was kept, not trained again
     assert all(r.info.status == "FINISHED" and r.data.tags["ended"] == "completed" for r in runs)
     assert not [r for r in client.search_runs([exp.experiment_id], "", max_results=1000) if r.info.status == "RUNNING"]
     assert not list(work.iterdir()), list(work.iterdir())  # nothing written where the command ran
