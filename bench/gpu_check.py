@@ -418,6 +418,23 @@ def step_autocast_training(check: Check, details: dict) -> str:
     return f"{what}, gloss+ce, {epochs} epoch(s) on {device} via {details['path']}: train loss {shown}{peak}"
 
 
+def gloss_ce_step(net, inputs: dict, labels, gloss, optimizer, device, dtype):
+    """One G-Loss+CE training step (0.1 CE + 0.9 G-Loss, the paper's lam) under `dtype` autocast
+    (None: none); returns the detached loss. Steps 3a and 5 both train with it."""
+    import torch
+
+    from gloss_core.training.engine import autocast_context
+
+    with autocast_context(device, dtype):
+        logits, emb = net(**inputs)
+        loss = 0.1 * torch.nn.functional.cross_entropy(logits, labels) + 0.9 * gloss(emb, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimizer.step()
+    return loss.detach()
+
+
 def plain_autocast_loop(model: str, device: str, size: int, epochs: int, batch: int, length: int, details: dict):
     """gloss+ce under bf16 autocast without `datasets`: the synthetic corpus tokenised directly, one
     mean loss per epoch."""
@@ -426,7 +443,6 @@ def plain_autocast_loop(model: str, device: str, size: int, epochs: int, batch: 
     from gloss_core.data.synthetic import synthetic_splits
     from gloss_core.losses import GLoss
     from gloss_core.models import TextClassifier, load_tokenizer
-    from gloss_core.training.engine import autocast_context
 
     torch.manual_seed(0)
     splits = synthetic_splits(num_classes=4, train_size=size, val_size=8, test_size=8)
@@ -443,14 +459,7 @@ def plain_autocast_loop(model: str, device: str, size: int, epochs: int, batch: 
             inputs = tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=length, return_tensors="pt")
             inputs = {k: v.to(dev) for k, v in inputs.items()}
             y = labels[i:i + batch].to(dev)
-            with autocast_context(dev, torch.bfloat16):
-                logits, emb = net(**inputs)
-                loss = 0.1 * torch.nn.functional.cross_entropy(logits, y) + 0.9 * gloss(emb, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            total.append(loss.detach())
+            total.append(gloss_ce_step(net, inputs, y, gloss, optimizer, dev, torch.bfloat16))
         losses.append(float(torch.stack(total).float().mean()))
     if dev.type == "cuda":
         details["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -607,7 +616,6 @@ def worker(spec_path: Path) -> None:
 
     from gloss_core.losses import GLoss
     from gloss_core.models import TextClassifier
-    from gloss_core.training.engine import autocast_context
 
     spec = json.loads(spec_path.read_text())
     folder, index = Path(spec["folder"]), spec["index"]
@@ -625,14 +633,7 @@ def worker(spec_path: Path) -> None:
     labels = (torch.arange(b) % 2).to(device)
 
     def step():
-        with autocast_context(device, dtype):
-            logits, emb = model(**inputs)
-            loss = 0.1 * torch.nn.functional.cross_entropy(logits, labels) + 0.9 * gloss(emb, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss.detach()
+        return gloss_ce_step(model, inputs, labels, gloss, optimizer, device, dtype)
 
     def sync():
         if device.type == "cuda":
