@@ -52,8 +52,29 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+_TOKENIZERS: dict[tuple, object] = {}  # this process's loaded tokenizers (a reused trial actor)
+_TOKENIZERS_KEPT = 8
+
+
+def _folder_signature(path: str) -> tuple:
+    """A local folder's files with their sizes and modification times (empty for a Hub name)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+
+
 def load_tokenizer(name: str):
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    """The model's tokenizer, loaded once per process: a reused trial actor runs many short trials
+    of the same model, and parsing `tokenizer.json` each time was a fifth of a small trial's time.
+    A local folder whose files change is loaded again. Callers only encode with it."""
+    path = resolve_model_path(name)
+    key = (path, _folder_signature(path))
+    if key not in _TOKENIZERS:
+        if len(_TOKENIZERS) >= _TOKENIZERS_KEPT:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(path)
+    return _TOKENIZERS[key]
 
 
 def load_encoder(name: str) -> PreTrainedModel:

@@ -129,3 +129,34 @@ def test_tokenisation_is_cached_on_disk(tokenizer, tmp_path, monkeypatch):
     assert max(len(ids) for ids in first.input_ids) <= 32
     Batches(splits.val, tokenizer, batch_size=8, max_length=64)  # other settings: another cache file
     assert len(list((cache_dir() / "tokens").glob("*.arrow"))) == 2
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_tokenising_never_hashes_the_tokenizer(tokenizer, tmp_path, monkeypatch, use_cache):
+    """`datasets` fingerprints a `map` by pickling its function (and so the tokenizer) with dill:
+    most of a small trial's time. The cache key is ours, so nothing may be hashed, hit or miss."""
+    import datasets.fingerprint
+
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+    splits = load_csv_splits(Path(__file__).resolve().parents[2] / "shared" / "data" / "MR", limit=20)
+    expected = tokenizer(splits.val.texts, truncation=True, max_length=32)["input_ids"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("datasets hashed the transform")
+
+    monkeypatch.setattr(datasets.fingerprint.Hasher, "hash", refuse)
+    for _ in range(2):  # a miss, then (cached) a hit
+        batches = Batches(splits.val, tokenizer, batch_size=8, max_length=32, use_cache=use_cache)
+        assert [ids.tolist() for ids in batches.input_ids] == expected
+
+
+def test_a_tokenizer_is_loaded_once_per_folder_and_again_when_the_folder_changes(tmp_path):
+    """A reused trial actor takes the loaded tokenizer; a folder whose files change is read anew."""
+    load_tokenizer("minilm").save_pretrained(tmp_path)
+    first = load_tokenizer(str(tmp_path))
+    assert load_tokenizer(str(tmp_path)) is first
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(config.read_text() + "\n")
+    reloaded = load_tokenizer(str(tmp_path))
+    assert reloaded is not first
+    assert reloaded("a fine film")["input_ids"] == first("a fine film")["input_ids"]

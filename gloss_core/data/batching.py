@@ -1,4 +1,4 @@
-"""Tokenise once (cached on disk with `datasets.map`), then yield dynamically padded batches.
+"""Tokenise once (cached on disk), then yield dynamically padded batches.
 
 The reference pads every text to 128 tokens; MR's sentences are ~20 words, so most of its compute
 goes to padding. Here each batch is padded to its own longest text, and training batches are
@@ -43,33 +43,44 @@ def _fingerprint(split: Split, tokenizer, max_length: int) -> str:
 
 def tokenize(split: Split, tokenizer, max_length: int, use_cache: bool = True):
     """`(input_ids, token_type_ids or None)` per row, truncated at `max_length`; cached on disk
-    under $GLOSS_CACHE (default ~/.cache/gloss), keyed by the texts, tokenizer and max_length."""
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar
+    under $GLOSS_CACHE (default ~/.cache/gloss) as an Arrow stream, keyed by the texts, tokenizer
+    and max_length. The texts go to the tokenizer in one batched call; a hit reads the file back
+    (memory-mapped). Nothing is hashed but the key: hashing the tokenizer, as `datasets.map`
+    does to fingerprint its function, cost a small trial most of its time."""
+    import pyarrow as pa
 
-    disable_progress_bar()
-    columns = {"text": split.texts} | ({"text_pair": split.text_pairs} if split.text_pairs is not None else {})
-
-    def encode(batch):
-        pair = batch.get("text_pair")
-        return tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
-
-    kwargs = {}
-    if use_cache:
-        folder = cache_dir() / "tokens"
-        folder.mkdir(parents=True, exist_ok=True)
-        kwargs = {"cache_file_name": str(folder / f"{_fingerprint(split, tokenizer, max_length)}.arrow"),
-                  "load_from_cache_file": True}
+    cached = cache_dir() / "tokens" / f"{_fingerprint(split, tokenizer, max_length)}.arrow" if use_cache else None
+    if cached is not None and cached.exists():
+        with pa.memory_map(str(cached)) as source:
+            table = pa.ipc.open_stream(source).read_all()
     else:
-        kwargs = {"keep_in_memory": True}
-    ds = Dataset.from_dict(columns).map(encode, batched=True, remove_columns=list(columns), **kwargs)
-    keep = [c for c in ("input_ids", "token_type_ids") if c in ds.column_names]
-    table = ds.data.table  # arrow columns -> python lists in one pass (per-row formatting is slow)
+        encoded = tokenizer(split.texts, split.text_pairs, truncation=True, max_length=max_length)
+        table = pa.table({c: encoded[c] for c in ("input_ids", "token_type_ids") if c in encoded})
+        if cached is not None:
+            _write_atomically(cached, table)
     input_ids = [torch.tensor(ids) for ids in table.column("input_ids").to_pylist()]
     token_type_ids = None
-    if "token_type_ids" in keep:
+    if "token_type_ids" in table.column_names:
         token_type_ids = [torch.tensor(t) for t in table.column("token_type_ids").to_pylist()]
     return input_ids, token_type_ids
+
+
+def _write_atomically(path: Path, table) -> None:
+    """`table` as an Arrow stream at `path`, via a temporary file in the same folder, so that trials
+    tokenising the same split at once never read a half-written file."""
+    import tempfile
+
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class Batches:
