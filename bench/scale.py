@@ -6,7 +6,7 @@ BERT, RoBERTa and DistilBERT) x table2's 4 losses = 60 cells; 24 search trials p
 2 epochs), except the spaces of fewer points, enumerated: CE's 5 and SupCon+CE's 20 (720 + 75 +
 300); each cell's best on 3 replicate seeds (180); and G-Loss-O+CE's best perturbed one parameter
 at a time (up to 6 points; a perturbation outside its range is skipped) on those seeds (at most
-270; 252 when measured): 1,275 trials before sensitivity, 1,527 as measured. A trial trains on 16 texts of 8 tokens, so its
+270; 258 when last measured): 1,275 trials before sensitivity, 1,533 as measured. A trial trains on 16 texts of 8 tokens, so its
 training takes well under 0.2 s and what is measured is the service, not the model.
 
 `gloss sweep run` runs as its own process (the driver), as a user runs it, its console piped.
@@ -16,7 +16,7 @@ Tune's "operation took" warnings on the driver's console, and the time of `gloss
 report` on the result. The table of docs/benchmarks.md is printed at the end.
 
 Usage:
-    .venv/bin/python bench/scale.py            # about 15 minutes on 2 cores
+    .venv/bin/python bench/scale.py            # about 6 minutes on 2 cores
     .venv/bin/python bench/scale.py --smoke    # a 4-cell grid of 16 trials: the code path in a minute
 """
 
