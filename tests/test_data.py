@@ -1,11 +1,18 @@
 """Data sources, label maps, bad input, tokenisation cache and length-grouped batches."""
 
+import json
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from gloss_core.data.batching import Batches, cache_dir
+from gloss_core.data import tokens
+from gloss_core.data.batching import Batches
+from gloss_core.data.tokens import cache_dir, tokenize
+from gloss_core.data.splits import Split
 from gloss_core.data import DataError, load_csv_splits, load_hf_splits
 from gloss_core.models import load_tokenizer
 
@@ -160,3 +167,81 @@ def test_a_tokenizer_is_loaded_once_per_folder_and_again_when_the_folder_changes
     reloaded = load_tokenizer(str(tmp_path))
     assert reloaded is not first
     assert reloaded("a fine film")["input_ids"] == first("a fine film")["input_ids"]
+
+
+PAIRS = Split(["what is it?", "who wrote this long and winding question about the weather?"],
+              torch.tensor([0, 1]), ["it is a cat sitting on the mat by the door", "nobody"])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_tokenised_pairs_equal_the_tokenizer_truncated_hit_or_miss(tokenizer, tmp_path, monkeypatch, use_cache):
+    """Ids and token type ids of text pairs, truncated as a pair, from the tokenizer itself: on the
+    miss and on the hit; the cache file readable as the umask allows, no temporary file left."""
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+    expected = tokenizer(PAIRS.texts, PAIRS.text_pairs, truncation=True, max_length=12)
+    assert max(len(ids) for ids in expected["input_ids"]) == 12  # the truncation is exercised
+    for _ in range(2):
+        input_ids, token_type_ids = tokenize(PAIRS, tokenizer, max_length=12, use_cache=use_cache)
+        assert [ids.tolist() for ids in input_ids] == expected["input_ids"]
+        assert [types.tolist() for types in token_type_ids] == expected["token_type_ids"]
+    files = list((tmp_path / "tokens").glob("*")) if use_cache else []
+    assert [f.suffix for f in files] == ([".arrow"] if use_cache else [])
+    if use_cache:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        assert stat.S_IMODE(files[0].stat().st_mode) == 0o666 & ~umask
+
+
+def test_an_unreadable_cache_file_is_tokenised_and_written_again(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+    first, _ = tokenize(PAIRS, tokenizer, max_length=12)
+    (cached,) = (tmp_path / "tokens").glob("*.arrow")
+    cached.write_bytes(cached.read_bytes()[:40])  # cut short, as by a full disk
+    again, _ = tokenize(PAIRS, tokenizer, max_length=12)
+    assert [ids.tolist() for ids in again] == [ids.tolist() for ids in first]
+    assert len(cached.read_bytes()) > 40  # rewritten whole
+
+
+def test_a_cache_that_cannot_be_written_still_tokenises(tokenizer, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+
+    def full_disk(path, table):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tokens, "_write_atomically", full_disk)
+    input_ids, _ = tokenize(PAIRS, tokenizer, max_length=12)
+    assert len(input_ids) == 2
+    assert "tokens not cached" in caplog.text and "No space left" in caplog.text
+
+
+def test_a_changed_tokenizer_folder_gets_new_tokens_not_the_cached_ones(tmp_path, monkeypatch):
+    """The key is the tokenizer's definition, not its folder's name and vocabulary size: a folder
+    whose tokenizer stops lower-casing tokenises anew."""
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tok"
+    load_tokenizer("minilm").save_pretrained(folder)
+    split = Split(["A Fine Film"], torch.tensor([0]))
+    lowered, _ = tokenize(split, load_tokenizer(str(folder)), max_length=16)
+    definition = json.loads((folder / "tokenizer.json").read_text())
+    definition["normalizer"]["lowercase"] = False
+    (folder / "tokenizer.json").write_text(json.dumps(definition))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    cased_tokenizer = load_tokenizer(str(folder))
+    cased, _ = tokenize(split, cased_tokenizer, max_length=16)
+    assert cased[0].tolist() == cased_tokenizer(["A Fine Film"], truncation=True, max_length=16)["input_ids"][0]
+    assert cased[0].tolist() != lowered[0].tolist()
+    assert len(list((tmp_path / "cache" / "tokens").glob("*.arrow"))) == 2
+
+
+def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOSS_CACHE", str(tmp_path))
+    folder = tmp_path / "tokens"
+    folder.mkdir()
+    stale, live = folder / "a.arrow.1.x.tmp", folder / "b.arrow.2.y.tmp"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    hours_ago = time.time() - 2 * tokens.STALE_TEMPORARY_S
+    os.utime(stale, (hours_ago, hours_ago))
+    tokenize(PAIRS, tokenizer, max_length=12)
+    assert not stale.exists() and live.exists()

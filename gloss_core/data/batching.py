@@ -1,4 +1,4 @@
-"""Tokenise once (cached on disk), then yield dynamically padded batches.
+"""Dynamically padded batches of a split, tokenised once (`gloss_core/data/tokens.py`).
 
 The reference pads every text to 128 tokens; MR's sentences are ~20 words, so most of its compute
 goes to padding. Here each batch is padded to its own longest text, and training batches are
@@ -13,74 +13,14 @@ drawn so that they pad little (docs/method.md, "Batching"):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-
 import torch
 
 from gloss_core.config import CHOICES
 from gloss_core.data.splits import Split
+from gloss_core.data.tokens import tokenize
 
 MEGA_BATCHES = 50  # batches per length-sorted (grouped) or length-bucketed (stratified) chunk
 BATCHINGS = CHOICES["batching"]  # stratified | grouped | random
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GLOSS_CACHE", Path.home() / ".cache" / "gloss"))
-
-
-def _fingerprint(split: Split, tokenizer, max_length: int) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([getattr(tokenizer, "name_or_path", ""), len(tokenizer), max_length]).encode())
-    for texts in (split.texts, split.text_pairs or []):
-        for text in texts:
-            h.update(text.encode("utf-8", "surrogatepass"))
-            h.update(b"\0")
-    return h.hexdigest()[:32]
-
-
-def tokenize(split: Split, tokenizer, max_length: int, use_cache: bool = True):
-    """`(input_ids, token_type_ids or None)` per row, truncated at `max_length`; cached on disk
-    under $GLOSS_CACHE (default ~/.cache/gloss) as an Arrow stream, keyed by the texts, tokenizer
-    and max_length. The texts go to the tokenizer in one batched call; a hit reads the file back
-    (memory-mapped). Nothing is hashed but the key: hashing the tokenizer, as `datasets.map`
-    does to fingerprint its function, cost a small trial most of its time."""
-    import pyarrow as pa
-
-    cached = cache_dir() / "tokens" / f"{_fingerprint(split, tokenizer, max_length)}.arrow" if use_cache else None
-    if cached is not None and cached.exists():
-        with pa.memory_map(str(cached)) as source:
-            table = pa.ipc.open_stream(source).read_all()
-    else:
-        encoded = tokenizer(split.texts, split.text_pairs, truncation=True, max_length=max_length)
-        table = pa.table({c: encoded[c] for c in ("input_ids", "token_type_ids") if c in encoded})
-        if cached is not None:
-            _write_atomically(cached, table)
-    input_ids = [torch.tensor(ids) for ids in table.column("input_ids").to_pylist()]
-    token_type_ids = None
-    if "token_type_ids" in table.column_names:
-        token_type_ids = [torch.tensor(t) for t in table.column("token_type_ids").to_pylist()]
-    return input_ids, token_type_ids
-
-
-def _write_atomically(path: Path, table) -> None:
-    """`table` as an Arrow stream at `path`, via a temporary file in the same folder, so that trials
-    tokenising the same split at once never read a half-written file."""
-    import tempfile
-
-    import pyarrow as pa
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out, pa.ipc.new_stream(out, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class Batches:

@@ -137,6 +137,7 @@ def load_hf_splits(name: str, *, config: str | None = None, splits: tuple[str, s
     """
     import datasets
 
+    datasets.disable_progress_bars()  # a sweep loads in every trial: bars would fill the console
     raw = {}
     for role, split in zip(SPLITS, splits):
         where = f"{name}{':' + config if config else ''}[{split}]"
