@@ -61,7 +61,8 @@ def _folder_signature(path: str) -> tuple:
     folder = Path(path)
     if not folder.is_dir():
         return ()
-    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    files = [(f.name, f.stat()) for f in folder.iterdir() if f.is_file()]
+    return tuple(sorted((name, info.st_size, info.st_mtime_ns) for name, info in files))
 
 
 def load_tokenizer(name: str):

@@ -68,11 +68,10 @@ def tokenize(split: Split, tokenizer, max_length: int, use_cache: bool = True):
     """`(input_ids, token_type_ids or None)` per row, truncated at `max_length`; cached on disk
     under $GLOSS_CACHE (default ~/.cache/gloss) as an Arrow stream, keyed by the texts, the
     tokenizer's definition and max_length. The texts go to the tokenizer in batched calls; a hit
-    reads the file back (memory-mapped), and an unreadable file is tokenised and written again.
-    Nothing is hashed but the key: hashing the tokenizer, as `datasets.map` does to fingerprint
-    its function, cost a small trial most of its time."""
+    reads the file back (memory-mapped), and a missing or unreadable file is tokenised and
+    written again."""
     cached = cache_dir() / "tokens" / f"{_fingerprint(split, tokenizer, max_length)}.arrow" if use_cache else None
-    table = _read(cached) if cached is not None and cached.exists() else None
+    table = _read(cached) if cached is not None else None
     if table is None:
         table = _encode(split, tokenizer, max_length)
         if cached is not None:
@@ -104,7 +103,7 @@ def _encode(split: Split, tokenizer, max_length: int):
 
 
 def _read(path: Path):
-    """The cached table, or None when the file cannot be read (another user's, cut short)."""
+    """The cached table, or None when the file is missing or cannot be read (another user's, cut short)."""
     import pyarrow as pa
 
     try:
